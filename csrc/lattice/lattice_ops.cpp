@@ -1,0 +1,114 @@
+// Operator schemas of the lattice family and the checks both devices share. The CPU kernels
+// are registered in lattice_build_cpu.cpp / lattice_filter_cpu.cpp, the CUDA ones in
+// lattice_cuda.cu, the fake (meta) kernels and autograd in fastseg/ops/lattice.py.
+#include "lattice/lattice.h"
+
+#include <ATen/ops/abs.h>
+#include <ATen/ops/amax.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "lattice/permutohedral_math.h"
+
+namespace fastseg {
+namespace lattice {
+
+void check_features(const at::Tensor& features) {
+  TORCH_CHECK(features.dim() == 2, "permutohedral_build: features must be (N, d), got shape ",
+              features.sizes());
+  TORCH_CHECK(features.scalar_type() == at::kFloat,
+              "permutohedral_build: features must be float32, got ", features.scalar_type());
+  TORCH_CHECK(features.size(0) >= 1, "permutohedral_build: features must have at least one point");
+  TORCH_CHECK(features.size(1) >= 1 && features.size(1) <= kMaxDim,
+              "permutohedral_build: feature dimension d must be in [1, ", kMaxDim, "], got ",
+              features.size(1));
+  TORCH_CHECK(features.size(0) * (features.size(1) + 1) < std::numeric_limits<int32_t>::max(),
+              "permutohedral_build: N*(d+1) = ", features.size(0) * (features.size(1) + 1),
+              " lattice entries do not fit in int32 indices");
+}
+
+double checked_elevated_bound(const at::Tensor& features) {
+  const int d = static_cast<int>(features.size(1));
+  const at::Tensor max_abs = at::amax(at::abs(features), {0}).to(at::kDouble).cpu();
+  std::vector<double> m(max_abs.data_ptr<double>(), max_abs.data_ptr<double>() + d);
+  for (int i = 0; i < d; ++i) {
+    TORCH_CHECK(std::isfinite(m[i]), "permutohedral_build: features contain NaN or Inf (dimension ",
+                i, ")");
+  }
+  const double bound = elevated_bound(m.data(), d, make_embedding<double>(d));
+  TORCH_CHECK(bound < kMaxElevated, "permutohedral_build: features are too large for the lattice "
+              "(elevated coordinates up to ", bound, ", limit ", kMaxElevated,
+              "); use larger standard deviations");
+  return bound;
+}
+
+int64_t table_capacity(int64_t n_points, int64_t n_entries, bool retry) {
+  const int64_t want = 2 * (retry ? n_entries : n_points) + 16;
+  int64_t capacity = 1;
+  while (capacity < want) capacity <<= 1;
+  return capacity;
+}
+
+void check_filter_args(const at::Tensor& values, const at::Tensor& vertices,
+                       const at::Tensor& weights, const at::Tensor& neighbors,
+                       const at::Tensor& splat_offsets, const at::Tensor& splat_points,
+                       const at::Tensor& splat_weights, const c10::optional<at::Tensor>& in_scale,
+                       const c10::optional<at::Tensor>& out_scale) {
+  TORCH_CHECK(values.dim() == 2 && values.scalar_type() == at::kFloat,
+              "permutohedral_filter: values must be a float32 (N, M) tensor");
+  const int64_t n = values.size(0);
+  TORCH_CHECK(vertices.dim() == 2 && vertices.size(0) == n && vertices.scalar_type() == at::kInt,
+              "permutohedral_filter: vertices must be int32 (N, d+1) with N = ", n);
+  const int64_t dp1 = vertices.size(1);
+  TORCH_CHECK(weights.sizes() == vertices.sizes() && weights.scalar_type() == at::kFloat,
+              "permutohedral_filter: weights must be float32 with the shape of vertices");
+  TORCH_CHECK(neighbors.dim() == 3 && neighbors.size(0) == dp1 && neighbors.size(2) == 2 &&
+                  neighbors.scalar_type() == at::kInt,
+              "permutohedral_filter: neighbors must be int32 (d+1, V, 2)");
+  const int64_t v = neighbors.size(1);
+  TORCH_CHECK(splat_offsets.dim() == 1 && splat_offsets.size(0) == v + 1 &&
+                  splat_offsets.scalar_type() == at::kLong,
+              "permutohedral_filter: splat_offsets must be int64 (V+1,)");
+  TORCH_CHECK(splat_points.dim() == 1 && splat_points.size(0) == n * dp1 &&
+                  splat_points.scalar_type() == at::kInt,
+              "permutohedral_filter: splat_points must be int32 (N*(d+1),)");
+  TORCH_CHECK(splat_weights.sizes() == splat_points.sizes() &&
+                  splat_weights.scalar_type() == at::kFloat,
+              "permutohedral_filter: splat_weights must be float32 (N*(d+1),)");
+  for (const auto* scale : {&in_scale, &out_scale}) {
+    if (scale->has_value()) {
+      TORCH_CHECK((*scale)->dim() == 1 && (*scale)->size(0) == n &&
+                      (*scale)->scalar_type() == at::kFloat,
+                  "permutohedral_filter: in_scale/out_scale must be float32 (N,)");
+    }
+  }
+  const auto device = values.device();
+  for (const at::Tensor* t : {&vertices, &weights, &neighbors, &splat_offsets, &splat_points,
+                              &splat_weights}) {
+    TORCH_CHECK(t->device() == device, "permutohedral_filter: all tensors must be on ", device);
+    TORCH_CHECK(t->is_contiguous(), "permutohedral_filter: lattice tensors must be contiguous");
+  }
+  for (const auto* scale : {&in_scale, &out_scale}) {
+    if (scale->has_value()) {
+      TORCH_CHECK((*scale)->device() == device, "permutohedral_filter: in_scale/out_scale must be on ",
+                  device);
+    }
+  }
+}
+
+}  // namespace lattice
+}  // namespace fastseg
+
+TORCH_LIBRARY(fastseg, m) {
+  m.def(
+      "permutohedral_build(Tensor features) -> (Tensor vertices, Tensor weights, "
+      "Tensor neighbors, Tensor splat_offsets, Tensor splat_points, Tensor splat_weights, "
+      "Tensor keys)");
+  m.def(
+      "permutohedral_filter(Tensor values, Tensor vertices, Tensor weights, Tensor neighbors, "
+      "Tensor splat_offsets, Tensor splat_points, Tensor splat_weights, Tensor? in_scale=None, "
+      "Tensor? out_scale=None, bool reverse=False) -> Tensor");
+}

@@ -1,0 +1,17 @@
+"""Loads the compiled extension, whose import registers the ``torch.ops.fastseg`` operators."""
+import torch
+
+try:
+    from fastseg import _C  # noqa: F401
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    raise ImportError(
+        "fastseg's native extension fastseg._C is missing or does not match the installed torch "
+        f"({torch.__version__}). Reinstall fastseg with `pip install --no-build-isolation .` "
+        f"after installing torch. Original error: {exc}"
+    ) from exc
+
+
+def has_kernel(op: str, device_type: str) -> bool:
+    """Whether ``torch.ops.fastseg.<op>`` has a kernel for ``device_type`` ("cpu", "cuda")."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastseg::{op}", key)

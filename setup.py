@@ -1,0 +1,105 @@
+"""Builds fastseg's native extension ``fastseg._C`` from ``csrc/``.
+
+The C++ (CPU) sources are always compiled. The CUDA sources are compiled when
+``FASTSEG_CUDA`` says so:
+
+* ``FASTSEG_CUDA=auto`` (default): when the installed torch is a CUDA build and a CUDA
+  toolkit is found (``CUDA_HOME``), whether or not a GPU is visible;
+* ``FASTSEG_CUDA=1``: always; the build fails if that is impossible (CI uses this so that a
+  CUDA compile error fails the build);
+* ``FASTSEG_CUDA=0``: never (a CPU-only build).
+
+Without a visible GPU set ``TORCH_CUDA_ARCH_LIST`` (for example ``"8.0;9.0"``). Install with
+``pip install --no-build-isolation .`` so that the extension is compiled against the torch you
+already have.
+"""
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:  # pragma: no cover - only reached on a misconfigured install
+    sys.exit(
+        "fastseg: torch must be installed before building fastseg, and the build must see it:\n"
+        "    pip install torch && pip install --no-build-isolation fastseg"
+    )
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cuda_home():
+    """The CUDA toolkit to compile with, or None. torch derives it from the nvcc on PATH, which
+    may be a wrapper (/usr/local/bin/nvcc) whose folder has no CUDA libraries, and the link then
+    fails on -lcudart; only accept a folder with nvcc, the runtime headers and the library."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  cpp_extension.CUDA_HOME, "/usr/local/cuda"]
+    for home in candidates:
+        if home and all(
+            os.path.exists(os.path.join(home, *part))
+            for part in (("bin", "nvcc"), ("include", "cuda_runtime.h"))
+        ) and any(os.path.exists(os.path.join(home, lib, "libcudart.so")) for lib in ("lib64", "lib")):
+            return home
+    return None
+
+
+def _want_cuda() -> bool:
+    mode = os.environ.get("FASTSEG_CUDA", "auto").strip().lower()
+    if mode not in ("auto", "0", "1"):
+        sys.exit(f"fastseg: FASTSEG_CUDA must be auto, 0 or 1, not {mode!r}")
+    home = _cuda_home()
+    possible = torch.version.cuda is not None and home is not None
+    if possible:
+        cpp_extension.CUDA_HOME = home  # what BuildExtension compiles and links with
+    if mode == "1":
+        if not possible:
+            sys.exit(
+                "fastseg: FASTSEG_CUDA=1 but CUDA sources cannot be compiled: "
+                f"torch.version.cuda={torch.version.cuda!r}, CUDA_HOME={cpp_extension.CUDA_HOME!r}"
+            )
+        return True
+    return mode == "auto" and possible
+
+
+def _extension():
+    with_cuda = _want_cuda()
+    cpp_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
+    cxx_flags = [
+        "-O3",
+        "-fopenmp",  # at::parallel_for only runs in parallel when compiled with OpenMP
+        "-ffp-contract=off",  # identical float results whatever instruction set a clone uses
+        "-fvisibility=hidden",
+    ]
+    define_macros = []
+    sources = cpp_sources
+    kwargs = {}
+    if with_cuda:
+        sources = cpp_sources + cuda_sources
+        define_macros.append(("FASTSEG_WITH_CUDA", None))
+        kwargs["extra_compile_args"] = {
+            "cxx": cxx_flags,
+            "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"],
+        }
+        ext_cls = cpp_extension.CUDAExtension
+    else:
+        kwargs["extra_compile_args"] = {"cxx": cxx_flags}
+        ext_cls = cpp_extension.CppExtension
+    print(f"fastseg: building fastseg._C with{'' if with_cuda else 'out'} CUDA", file=sys.stderr)
+    return ext_cls(
+        name="fastseg._C",
+        sources=sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=define_macros,
+        extra_link_args=["-fopenmp"],
+        **kwargs,
+    )
+
+
+setup(
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
