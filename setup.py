@@ -73,6 +73,7 @@ def _extension():
         "-fopenmp",  # at::parallel_for only runs in parallel when compiled with OpenMP
         "-ffp-contract=off",  # identical float results whatever instruction set a clone uses
         "-fvisibility=hidden",
+        "-Wno-psabi",  # GCC notes that vector types change the ABI; they never cross one
     ]
     define_macros = []
     sources = cpp_sources

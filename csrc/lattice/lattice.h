@@ -24,7 +24,10 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <ATen/core/List.h>
+
 #include <tuple>
+#include <vector>
 
 namespace fastseg {
 namespace lattice {
@@ -39,6 +42,22 @@ void check_filter_args(const at::Tensor& values, const at::Tensor& vertices,
                        const at::Tensor& splat_offsets, const at::Tensor& splat_points,
                        const at::Tensor& splat_weights, const c10::optional<at::Tensor>& in_scale,
                        const c10::optional<at::Tensor>& out_scale);
+
+// One pairwise term of fastseg::mean_field, validated against the unary (N, M): its lattice,
+// its normalisation (undefined tensors when absent) and its label compatibility, either a
+// per-label vector (M,) added as logits += compat * filtered, or a matrix (M, M) added as
+// logits += filtered @ compat.
+struct MeanFieldTerm {
+  at::Tensor vertices, weights, neighbors, splat_offsets, splat_points, splat_weights;
+  at::Tensor in_scale, out_scale, compat;
+};
+
+std::vector<MeanFieldTerm> collect_terms(
+    const at::Tensor& unary, at::TensorList vertices, at::TensorList weights,
+    at::TensorList neighbors, at::TensorList splat_offsets, at::TensorList splat_points,
+    at::TensorList splat_weights, const c10::List<c10::optional<at::Tensor>>& in_scales,
+    const c10::List<c10::optional<at::Tensor>>& out_scales, at::TensorList compats,
+    const c10::optional<at::Tensor>& q_init, int64_t iterations);
 
 // Largest |elevated coordinate| the features can produce (see permutohedral_math.h); throws if
 // it is not finite or would overflow the lattice keys.

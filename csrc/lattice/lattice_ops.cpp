@@ -99,6 +99,44 @@ void check_filter_args(const at::Tensor& values, const at::Tensor& vertices,
   }
 }
 
+std::vector<MeanFieldTerm> collect_terms(
+    const at::Tensor& unary, at::TensorList vertices, at::TensorList weights,
+    at::TensorList neighbors, at::TensorList splat_offsets, at::TensorList splat_points,
+    at::TensorList splat_weights, const c10::List<c10::optional<at::Tensor>>& in_scales,
+    const c10::List<c10::optional<at::Tensor>>& out_scales, at::TensorList compats,
+    const c10::optional<at::Tensor>& q_init, int64_t iterations) {
+  TORCH_CHECK(unary.dim() == 2 && unary.scalar_type() == at::kFloat,
+              "mean_field: unary must be a float32 (N, M) tensor");
+  const int64_t m = unary.size(1);
+  TORCH_CHECK(iterations >= 0, "mean_field: iterations must be >= 0, got ", iterations);
+  if (q_init.has_value()) {
+    TORCH_CHECK(q_init->sizes() == unary.sizes() && q_init->scalar_type() == at::kFloat &&
+                    q_init->device() == unary.device(),
+                "mean_field: q_init must be float32 with the shape and device of unary");
+  }
+  const size_t n_terms = vertices.size();
+  for (size_t size : {weights.size(), neighbors.size(), splat_offsets.size(), splat_points.size(),
+                      splat_weights.size(), in_scales.size(), out_scales.size(), compats.size()}) {
+    TORCH_CHECK(size == n_terms, "mean_field: every per-term list must have ", n_terms,
+                " entries");
+  }
+  std::vector<MeanFieldTerm> terms;
+  for (size_t t = 0; t < n_terms; ++t) {
+    const c10::optional<at::Tensor> in_s = in_scales.get(t), out_s = out_scales.get(t);
+    check_filter_args(unary, vertices[t], weights[t], neighbors[t], splat_offsets[t],
+                      splat_points[t], splat_weights[t], in_s, out_s);
+    const at::Tensor& c = compats[t];
+    TORCH_CHECK(c.scalar_type() == at::kFloat && c.device() == unary.device() &&
+                    ((c.dim() == 1 && c.size(0) == m) ||
+                     (c.dim() == 2 && c.size(0) == m && c.size(1) == m)),
+                "mean_field: compats[", t, "] must be float32 (M,) or (M, M) with M = ", m);
+    terms.push_back({vertices[t], weights[t], neighbors[t], splat_offsets[t], splat_points[t],
+                     splat_weights[t], in_s.has_value() ? in_s->contiguous() : at::Tensor(),
+                     out_s.has_value() ? out_s->contiguous() : at::Tensor(), c.contiguous()});
+  }
+  return terms;
+}
+
 }  // namespace lattice
 }  // namespace fastseg
 
@@ -111,4 +149,9 @@ TORCH_LIBRARY(fastseg, m) {
       "permutohedral_filter(Tensor values, Tensor vertices, Tensor weights, Tensor neighbors, "
       "Tensor splat_offsets, Tensor splat_points, Tensor splat_weights, Tensor? in_scale=None, "
       "Tensor? out_scale=None, bool reverse=False) -> Tensor");
+  m.def(
+      "mean_field(Tensor unary, Tensor? q_init, Tensor[] vertices, Tensor[] weights, "
+      "Tensor[] neighbors, Tensor[] splat_offsets, Tensor[] splat_points, "
+      "Tensor[] splat_weights, Tensor?[] in_scales, Tensor?[] out_scales, Tensor[] compats, "
+      "int iterations) -> Tensor");
 }

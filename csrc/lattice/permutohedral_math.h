@@ -20,9 +20,6 @@ namespace lattice {
 // Largest feature dimension d the lattice supports (the vertex keys of a point are d ints).
 constexpr int kMaxDim = 16;
 
-// Vertex index used for a missing blur neighbour: the filter buffers keep one zero row there.
-// (Stored as the vertex count V; see LatticeTensors.)
-
 // Beyond this magnitude of the elevated coordinates the lattice arithmetic is no longer exact
 // enough (doubles keep 2^-22 resolution up to 2^30) and int32 keys could overflow: refuse.
 constexpr double kMaxElevated = 1073741824.0;  // 2^30
@@ -226,23 +223,6 @@ C10_HOST_DEVICE inline bool keys_equal(const int32_t* a, const int32_t* b, int d
     if (a[i] != b[i]) return false;
   }
   return true;
-}
-
-// Open-addressing table of entry indices (an entry is one (point, remainder) pair; its key
-// lives in entry_keys). A slot holds the smallest entry index with that key, or kEmpty.
-constexpr int32_t kEmpty = 0x7fffffff;
-
-// Read-only probe: the slot holding `key`, or -1.
-C10_HOST_DEVICE inline int64_t table_find(const int32_t* table, int64_t capacity,
-                                          const int32_t* entry_keys, const int32_t* key, int d) {
-  int64_t slot = hash_key(key, d) & (capacity - 1);
-  for (int64_t probes = 0; probes < capacity; ++probes) {
-    const int32_t entry = table[slot];
-    if (entry == kEmpty) return -1;
-    if (keys_equal(entry_keys + static_cast<int64_t>(entry) * d, key, d)) return slot;
-    slot = (slot + 1) & (capacity - 1);
-  }
-  return -1;
 }
 
 }  // namespace lattice

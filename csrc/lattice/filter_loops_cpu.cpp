@@ -1,0 +1,404 @@
+#include "lattice/filter_loops_cpu.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+
+// The row loops are compiled for AVX-512, AVX2 and baseline x86-64 and chosen at load time.
+// Contraction is off (setup.py), and no loop reassociates a sum, so every clone computes the
+// same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define FASTSEG_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FASTSEG_CLONES
+#endif
+// Everything a clone calls must be inlined into it: an out-of-line helper is compiled once,
+// for baseline x86-64, whatever clone calls it.
+#define FASTSEG_INLINE inline __attribute__((always_inline))
+
+namespace fastseg {
+namespace lattice {
+namespace cpu {
+namespace {
+
+constexpr int64_t kGrain = 512;
+
+const float* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<float>() : nullptr;
+}
+
+// Rows are processed in chunks of W floats (W = 8, or 4 for short rows) held in GCC vector
+// types, so every clone gets whole vector instructions whatever the alias analysis concludes.
+template <int W>
+struct Vec;
+template <>
+struct Vec<8> {
+  typedef float f __attribute__((vector_size(32)));
+  typedef int32_t i __attribute__((vector_size(32)));
+};
+template <>
+struct Vec<4> {
+  typedef float f __attribute__((vector_size(16)));
+  typedef int32_t i __attribute__((vector_size(16)));
+};
+
+template <int W>
+FASTSEG_INLINE typename Vec<W>::f load(const float* p) {
+  typename Vec<W>::f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <int W>
+FASTSEG_INLINE void store(float* p, typename Vec<W>::f v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// Gathers read rows scattered over tens of MB; prefetching the rows needed kAhead steps later
+// overlaps their cache misses instead of paying them one after another.
+constexpr int64_t kAhead = 8;
+
+FASTSEG_INLINE void prefetch_row(const float* row, int64_t s) {
+  for (int64_t k = 0; k < s; k += 16) __builtin_prefetch(row + k);
+  __builtin_prefetch(row + s - 1);
+}
+
+template <int W>
+FASTSEG_INLINE void splat_range_w(const LatticeView& lat, const float* values, int64_t s, float* buf,
+                          int64_t v_begin, int64_t v_end) {
+  using F = typename Vec<W>::f;
+  const int64_t e_end = lat.splat_offsets[v_end];
+  for (int64_t v = v_begin; v < v_end; ++v) {
+    float* dst = buf + v * s;
+    for (int64_t k = 0; k < s; k += W) store<W>(dst + k, F{} + 0.f);
+    for (int64_t e = lat.splat_offsets[v]; e < lat.splat_offsets[v + 1]; ++e) {
+      if (e + kAhead < e_end) prefetch_row(values + lat.splat_points[e + kAhead] * s, s);
+      const int64_t p = lat.splat_points[e];
+      const float w = lat.splat_weights[e];
+      const float* src = values + p * s;
+      if (lat.in_scale != nullptr) {
+        // (value * norm) first, then the weight: pydensecrf's order of rounding.
+        const float sc = lat.in_scale[p];
+        for (int64_t k = 0; k < s; k += W) {
+          store<W>(dst + k, load<W>(dst + k) + w * (load<W>(src + k) * sc));
+        }
+      } else {
+        for (int64_t k = 0; k < s; k += W) {
+          store<W>(dst + k, load<W>(dst + k) + w * load<W>(src + k));
+        }
+      }
+    }
+  }
+}
+
+FASTSEG_CLONES void splat_range(const LatticeView& lat, const float* values, int64_t s,
+                                float* buf, int64_t v_begin, int64_t v_end) {
+  if (s % 8 == 0) {
+    splat_range_w<8>(lat, values, s, buf, v_begin, v_end);
+  } else {
+    splat_range_w<4>(lat, values, s, buf, v_begin, v_end);
+  }
+}
+
+template <int W>
+FASTSEG_INLINE void blur_range_w(const int32_t* nb, const float* src, float* dst, int64_t s,
+                         int64_t v_begin, int64_t v_end) {
+  for (int64_t v = v_begin; v < v_end; ++v) {
+    if (v + kAhead < v_end) {
+      prefetch_row(src + static_cast<int64_t>(nb[2 * (v + kAhead)]) * s, s);
+      prefetch_row(src + static_cast<int64_t>(nb[2 * (v + kAhead) + 1]) * s, s);
+    }
+    const float* a = src + v * s;
+    const float* n1 = src + static_cast<int64_t>(nb[2 * v]) * s;
+    const float* n2 = src + static_cast<int64_t>(nb[2 * v + 1]) * s;
+    float* out = dst + v * s;
+    for (int64_t k = 0; k < s; k += W) {
+      store<W>(out + k, load<W>(a + k) + 0.5f * (load<W>(n1 + k) + load<W>(n2 + k)));
+    }
+  }
+}
+
+FASTSEG_CLONES void blur_range(const int32_t* nb, const float* src, float* dst, int64_t s,
+                               int64_t v_begin, int64_t v_end) {
+  if (s % 8 == 0) {
+    blur_range_w<8>(nb, src, dst, s, v_begin, v_end);
+  } else {
+    blur_range_w<4>(nb, src, dst, s, v_begin, v_end);
+  }
+}
+
+// out = out_scale[p] * sum_r (alpha w_r) buf[vertex_r], accumulated from zero in vertex order.
+template <int W>
+FASTSEG_INLINE void slice_point(const LatticeView& lat, const float* buf, int64_t s, int64_t p,
+                        float* out) {
+  using F = typename Vec<W>::f;
+  const int dp1 = lat.d + 1;
+  const int32_t* vert = lat.vertices + p * dp1;
+  const float* wts = lat.weights + p * dp1;
+  for (int64_t k = 0; k < s; k += W) {
+    F acc = F{} + 0.f;
+    for (int r = 0; r < dp1; ++r) {
+      acc = acc + (wts[r] * lat.alpha) * load<W>(buf + static_cast<int64_t>(vert[r]) * s + k);
+    }
+    if (lat.out_scale != nullptr) acc = acc * lat.out_scale[p];
+    store<W>(out + k, acc);
+  }
+}
+
+FASTSEG_CLONES void slice_range(const LatticeView& lat, const float* buf, int64_t s, float* out,
+                                int64_t p_begin, int64_t p_end) {
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    if (s % 8 == 0) {
+      slice_point<8>(lat, buf, s, p, out + p * s);
+    } else {
+      slice_point<4>(lat, buf, s, p, out + p * s);
+    }
+  }
+}
+
+// exp(x) for x <= 0 (Cephes' expf polynomial, about 1 ulp) on a vector. Arguments below -86
+// give 0: the clamp keeps every intermediate a normal float, because denormal arithmetic costs
+// a microcode assist per lane (it made a whole pass 2-3x slower), and probabilities under
+// 1e-37 do not matter.
+template <int W>
+FASTSEG_INLINE typename Vec<W>::f exp_nonpositive(typename Vec<W>::f x) {
+  using F = typename Vec<W>::f;
+  using I = typename Vec<W>::i;
+  constexpr float kMinArg = -86.0f;
+  const I underflow = x < kMinArg;
+  x = underflow ? F{} + kMinArg : x;
+  const F t = x * 1.44269504088896341f;
+  const F n = (t + 12582912.0f) - 12582912.0f;  // round to nearest integer
+  F r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  const F r2 = r * r;
+  F p = F{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r2 + r + 1.0f;
+  const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+  F scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return underflow ? F{} + 0.f : p * scale;
+}
+
+// Sum and max of a vector's lanes, in a fixed pairwise order (deterministic).
+template <int W>
+FASTSEG_INLINE float lane_sum(typename Vec<W>::f v) {
+  float lanes[W];
+  std::memcpy(lanes, &v, sizeof(lanes));
+  for (int width = W / 2; width > 0; width /= 2) {
+    for (int i = 0; i < width; ++i) lanes[i] = lanes[i] + lanes[i + width];
+  }
+  return lanes[0];
+}
+template <int W>
+FASTSEG_INLINE float lane_max(typename Vec<W>::f v) {
+  float lanes[W];
+  std::memcpy(lanes, &v, sizeof(lanes));
+  for (int width = W / 2; width > 0; width /= 2) {
+    for (int i = 0; i < width; ++i) lanes[i] = lanes[i] > lanes[i + width] ? lanes[i] : lanes[i + width];
+  }
+  return lanes[0];
+}
+
+// Rows [0, n_rows) of `rows` (stride s) get softmax over their first m lanes, as pydensecrf's
+// expAndNormalize computes it (subtract the max, exponentiate, divide by the sum); padded lanes
+// end as 0. Each phase runs over a block of rows, whose independent exponentials keep the
+// pipeline full (one row alone is a chain of dependent operations); reductions run lane-wise
+// over whole vectors, padded lanes holding -inf, whose exponential is 0.
+constexpr int kSoftmaxBlock = 16;
+
+template <int W>
+FASTSEG_INLINE void softmax_rows(float* rows, int64_t n_rows, int64_t m, int64_t s) {
+  using F = typename Vec<W>::f;
+  float row_max[kSoftmaxBlock], row_sum[kSoftmaxBlock];
+  for (int64_t r = 0; r < n_rows; ++r) {
+    float* row = rows + r * s;
+    for (int64_t k = m; k < s; ++k) row[k] = -__builtin_inff();
+    F mx = load<W>(row);
+    for (int64_t k = W; k < s; k += W) {
+      const F v = load<W>(row + k);
+      mx = v > mx ? v : mx;
+    }
+    row_max[r] = lane_max<W>(mx);
+  }
+  for (int64_t r = 0; r < n_rows; ++r) {
+    float* row = rows + r * s;
+    F sum = F{} + 0.f;
+    for (int64_t k = 0; k < s; k += W) {
+      const F e = exp_nonpositive<W>(load<W>(row + k) - row_max[r]);
+      store<W>(row + k, e);
+      sum = sum + e;
+    }
+    row_sum[r] = lane_sum<W>(sum);
+  }
+  for (int64_t r = 0; r < n_rows; ++r) {
+    float* row = rows + r * s;
+    for (int64_t k = 0; k < s; k += W) store<W>(row + k, load<W>(row + k) / row_sum[r]);
+  }
+}
+
+// Logits of point p: -unary + every term's message, written into q's row.
+template <int W>
+FASTSEG_INLINE void logits_point(const TermUpdate* terms, int n_terms, const float* unary, int64_t s,
+                         float* q, float* scratch, int64_t p) {
+  float* row = q + p * s;
+  const float* u = unary + p * s;
+  for (int64_t k = 0; k < s; k += W) store<W>(row + k, -load<W>(u + k));
+  for (int t = 0; t < n_terms; ++t) {
+    const TermUpdate& term = terms[t];
+    if (term.dense_message != nullptr) {
+      const float* msg = term.dense_message + p * s;
+      for (int64_t k = 0; k < s; k += W) store<W>(row + k, load<W>(row + k) + load<W>(msg + k));
+    } else {
+      slice_point<W>(*term.lattice, term.result, s, p, scratch);
+      const float* c = term.label_compat;
+      for (int64_t k = 0; k < s; k += W) {
+        store<W>(row + k, load<W>(row + k) + load<W>(c + k) * load<W>(scratch + k));
+      }
+    }
+  }
+}
+
+template <int W>
+FASTSEG_INLINE void prefetch_point(const TermUpdate* terms, int n_terms, int64_t s, int64_t p) {
+  for (int t = 0; t < n_terms; ++t) {
+    if (terms[t].dense_message != nullptr) continue;
+    const LatticeView& lat = *terms[t].lattice;
+    for (int r = 0; r <= lat.d; ++r) {
+      prefetch_row(terms[t].result + static_cast<int64_t>(lat.vertices[p * (lat.d + 1) + r]) * s, s);
+    }
+  }
+}
+
+template <int W>
+FASTSEG_INLINE void update_range_w(const TermUpdate* terms, int n_terms, const float* unary, int64_t m,
+                           int64_t s, float* q, float* scratch, int64_t p_begin, int64_t p_end) {
+  for (int64_t b = p_begin; b < p_end; b += kSoftmaxBlock) {
+    const int64_t b_end = std::min(p_end, b + kSoftmaxBlock);
+    for (int64_t p = b; p < b_end; ++p) {
+      if (p + 4 < p_end) prefetch_point<W>(terms, n_terms, s, p + 4);
+      logits_point<W>(terms, n_terms, unary, s, q, scratch, p);
+    }
+    softmax_rows<W>(q + b * s, b_end - b, m, s);
+  }
+}
+
+FASTSEG_CLONES void update_range(const TermUpdate* terms, int n_terms, const float* unary,
+                                 int64_t m, int64_t s, float* q, float* scratch, int64_t p_begin,
+                                 int64_t p_end) {
+  if (s % 8 == 0) {
+    update_range_w<8>(terms, n_terms, unary, m, s, q, scratch, p_begin, p_end);
+  } else {
+    update_range_w<4>(terms, n_terms, unary, m, s, q, scratch, p_begin, p_end);
+  }
+}
+
+template <int W>
+FASTSEG_INLINE void softmax_neg_range_w(const float* unary, int64_t m, int64_t s, float* q,
+                                int64_t p_begin, int64_t p_end) {
+  for (int64_t b = p_begin; b < p_end; b += kSoftmaxBlock) {
+    const int64_t b_end = std::min(p_end, b + kSoftmaxBlock);
+    for (int64_t k = b * s; k < b_end * s; k += W) store<W>(q + k, -load<W>(unary + k));
+    softmax_rows<W>(q + b * s, b_end - b, m, s);
+  }
+}
+
+FASTSEG_CLONES void softmax_neg_range(const float* unary, int64_t m, int64_t s, float* q,
+                                      int64_t p_begin, int64_t p_end) {
+  if (s % 8 == 0) {
+    softmax_neg_range_w<8>(unary, m, s, q, p_begin, p_end);
+  } else {
+    softmax_neg_range_w<4>(unary, m, s, q, p_begin, p_end);
+  }
+}
+
+}  // namespace
+
+LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
+                      const at::Tensor& neighbors, const at::Tensor& splat_offsets,
+                      const at::Tensor& splat_points, const at::Tensor& splat_weights,
+                      const at::Tensor& in_scale, const at::Tensor& out_scale) {
+  LatticeView v;
+  v.d = static_cast<int>(vertices.size(1)) - 1;
+  v.n_points = vertices.size(0);
+  v.n_vertices = neighbors.size(1);
+  v.vertices = vertices.data_ptr<int32_t>();
+  v.weights = weights.data_ptr<float>();
+  v.neighbors = neighbors.data_ptr<int32_t>();
+  v.splat_offsets = splat_offsets.data_ptr<int64_t>();
+  v.splat_points = splat_points.data_ptr<int32_t>();
+  v.splat_weights = splat_weights.data_ptr<float>();
+  v.in_scale = data_or_null(in_scale);
+  v.out_scale = data_or_null(out_scale);
+  // pydensecrf: float alpha = 1.0f / (1 + powf(2, -d))
+  v.alpha = 1.0f / (1.0f + std::pow(2.0f, static_cast<float>(-v.d)));
+  return v;
+}
+
+void splat(const LatticeView& lat, const float* values, int64_t s, float* buf) {
+  std::fill(buf + lat.n_vertices * s, buf + (lat.n_vertices + 1) * s, 0.f);
+  at::parallel_for(0, lat.n_vertices, kGrain, [&](int64_t begin, int64_t end) {
+    splat_range(lat, values, s, buf, begin, end);
+  });
+}
+
+float* blur(const LatticeView& lat, float* a, float* b, int64_t s, bool reverse) {
+  const int64_t nv = lat.n_vertices;
+  std::fill(b + nv * s, b + (nv + 1) * s, 0.f);
+  for (int step = 0; step <= lat.d; ++step) {
+    const int j = reverse ? lat.d - step : step;
+    const int32_t* nb = lat.neighbors + static_cast<int64_t>(j) * nv * 2;
+    at::parallel_for(0, nv, kGrain, [&](int64_t begin, int64_t end) {
+      blur_range(nb, a, b, s, begin, end);
+    });
+    std::swap(a, b);
+  }
+  return a;
+}
+
+void slice(const LatticeView& lat, const float* buf, int64_t s, float* out) {
+  at::parallel_for(0, lat.n_points, kGrain, [&](int64_t begin, int64_t end) {
+    slice_range(lat, buf, s, out, begin, end);
+  });
+}
+
+void update_rows(const TermUpdate* terms, int n_terms, const float* unary, int64_t n, int64_t m,
+                 int64_t s, float* q) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    std::unique_ptr<float[]> scratch(new float[s]);
+    update_range(terms, n_terms, unary, m, s, q, scratch.get(), begin, end);
+  });
+}
+
+void softmax_neg(const float* unary, int64_t n, int64_t m, int64_t s, float* q) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    softmax_neg_range(unary, m, s, q, begin, end);
+  });
+}
+
+void pad_rows(const float* src, int64_t n, int64_t m, int64_t s, float* dst) {
+  at::parallel_for(0, n, kGrain * 8, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      std::copy(src + p * m, src + (p + 1) * m, dst + p * s);
+      std::fill(dst + p * s + m, dst + (p + 1) * s, 0.f);
+    }
+  });
+}
+
+void unpad_rows(const float* src, int64_t n, int64_t m, int64_t s, float* dst) {
+  at::parallel_for(0, n, kGrain * 8, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) std::copy(src + p * s, src + p * s + m, dst + p * m);
+  });
+}
+
+}  // namespace cpu
+}  // namespace lattice
+}  // namespace fastseg

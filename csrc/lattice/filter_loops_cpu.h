@@ -1,0 +1,79 @@
+// CPU loops of lattice filtering and of the mean-field update, shared by the filter operator
+// (lattice_filter_cpu.cpp) and the fused mean-field operator (mean_field_cpu.cpp).
+//
+// Values are rows of s floats, s = row_stride(m) for m labels: (N, s) per point, (V+1, s) per
+// vertex where row V stays zero and stands for a missing blur neighbour. Padding rows to whole
+// vector chunks lets every loop run on full vectors (rows of 21 labels would otherwise spend
+// most of their time in scalar tails); padded lanes hold zeros and are never reported. Every
+// output row is computed by one thread in a fixed order, so results do not depend on the
+// thread count.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace fastseg {
+namespace lattice {
+namespace cpu {
+
+// Row stride for m values: m rounded up to a multiple of 8 (of 4 when m <= 4).
+inline int64_t row_stride(int64_t m) { return m <= 4 ? 4 : (m + 7) / 8 * 8; }
+
+// One pairwise term: a built lattice plus its normalisation (in_scale/out_scale may be null).
+struct LatticeView {
+  int d = 0;
+  int64_t n_points = 0;
+  int64_t n_vertices = 0;
+  const int32_t* vertices = nullptr;       // (N, d+1)
+  const float* weights = nullptr;          // (N, d+1)
+  const int32_t* neighbors = nullptr;      // (d+1, V, 2)
+  const int64_t* splat_offsets = nullptr;  // (V+1,)
+  const int32_t* splat_points = nullptr;   // (E,)
+  const float* splat_weights = nullptr;    // (E,)
+  const float* in_scale = nullptr;         // (N,) or null
+  const float* out_scale = nullptr;        // (N,) or null
+  float alpha = 1.f;                       // 1 / (1 + 2^-d)
+};
+
+// Tensors must be contiguous and stay alive while the view is used.
+LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
+                      const at::Tensor& neighbors, const at::Tensor& splat_offsets,
+                      const at::Tensor& splat_points, const at::Tensor& splat_weights,
+                      const at::Tensor& in_scale, const at::Tensor& out_scale);
+
+// buf = splat(in_scale * values); the zero row V is written too.
+void splat(const LatticeView& lat, const float* values, int64_t s, float* buf);
+
+// d+1 blur passes ping-ponging between a (holding the splat) and b; returns the one holding
+// the result. Directions run 0..d, or d..0 when reverse (the transposed filter).
+float* blur(const LatticeView& lat, float* a, float* b, int64_t s, bool reverse);
+
+// out = out_scale * alpha * slice(buf), for all points.
+void slice(const LatticeView& lat, const float* buf, int64_t s, float* out);
+
+// How a term's filtered values enter the logits: either per label (logit += compat[l] * f[l],
+// compat padded to length s with zeros) or through a precomputed dense (N, s) message.
+struct TermUpdate {
+  const LatticeView* lattice;
+  const float* result;        // blurred vertex values (V+1, m)
+  const float* label_compat;  // (s,) or null
+  const float* dense_message; // (N, s) or null
+};
+
+// For every point: logits = -unary + sum over terms, then Q = softmax(logits) over the first m
+// lanes (max subtracted), padded lanes set to zero: the per-pixel update of one mean-field
+// iteration, fused so each row is touched once.
+void update_rows(const TermUpdate* terms, int n_terms, const float* unary, int64_t n, int64_t m,
+                 int64_t s, float* q);
+
+// Q = softmax(-unary) row-wise: the mean-field initialisation.
+void softmax_neg(const float* unary, int64_t n, int64_t m, int64_t s, float* q);
+
+// Copies (n, m) rows into (n, s) rows with zero padding, and back.
+void pad_rows(const float* src, int64_t n, int64_t m, int64_t s, float* dst);
+void unpad_rows(const float* src, int64_t n, int64_t m, int64_t s, float* dst);
+
+}  // namespace cpu
+}  // namespace lattice
+}  // namespace fastseg
