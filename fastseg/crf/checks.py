@@ -1,0 +1,111 @@
+"""Argument validation shared by the CRF entry points: errors name the offending argument."""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+
+# The native lattice supports feature dimensions 1..16 (csrc/lattice/permutohedral_math.h).
+MAX_FEATURE_DIM = 16
+# Largest elevated lattice coordinate the native build accepts (2^30, as in the C++ code).
+MAX_ELEVATED = float(2**30)
+
+
+def positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return int(value)
+
+
+def non_negative_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
+def positive_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return value
+
+
+def finite_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def std_tuple(value, length: int, name: str) -> tuple:
+    """A standard deviation given as one number or as `length` numbers, all positive."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return (positive_float(value, name),) * length
+    try:
+        items = list(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a number or a sequence of {length} numbers") from None
+    if len(items) != length:
+        raise ValueError(f"{name} must have {length} values, got {len(items)}")
+    return tuple(positive_float(v, f"{name}[{i}]") for i, v in enumerate(items))
+
+
+def as_float32_tensor(value, name: str, device=None) -> torch.Tensor:
+    """numpy arrays, tensors and nested sequences, of any real dtype, as a float32 tensor."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+    else:
+        arr = np.asarray(value)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.is_complex():
+        raise TypeError(f"{name} must be real, got {t.dtype}")
+    t = t.to(device=device if device is not None else t.device, dtype=torch.float32)
+    return t
+
+
+def all_finite(t: torch.Tensor, name: str) -> None:
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def elevated_bound(features: torch.Tensor) -> float:
+    """Largest |elevated coordinate| of (N, d) features; mirrors the C++ elevated_bound()."""
+    d = features.shape[1]
+    max_abs = features.abs().amax(0).double().cpu().tolist()
+    inv_std = float(np.float32(math.sqrt(2.0 / 3.0) * (d + 1)))
+    scale = [float(np.float32(1.0 / math.sqrt((i + 2) * (i + 1)) * inv_std)) for i in range(d)]
+    bound = tail = 0.0
+    for j in range(d, 0, -1):
+        cf = max_abs[j - 1] * scale[j - 1]
+        bound = max(bound, tail + j * cf)
+        tail += cf
+    return max(bound, tail)
+
+
+def lattice_features(features: torch.Tensor, name: str) -> None:
+    """Checks (N, d) features before a lattice is built from them."""
+    if features.dim() != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {tuple(features.shape)}")
+    d = features.shape[1]
+    if not 1 <= d <= MAX_FEATURE_DIM:
+        raise ValueError(
+            f"{name} must have between 1 and {MAX_FEATURE_DIM} feature dimensions, got {d}")
+    all_finite(features, name)
+    bound = elevated_bound(features)
+    if bound >= MAX_ELEVATED:
+        raise ValueError(
+            f"{name} are too large for the permutohedral lattice (lattice coordinates up to "
+            f"{bound:.3g}, limit {MAX_ELEVATED:.3g}): the standard deviations that scale them "
+            "are too small")
