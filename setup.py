@@ -9,6 +9,9 @@ The C++ (CPU) sources are always compiled. The CUDA sources are compiled when
   CUDA compile error fails the build);
 * ``FASTSEG_CUDA=0``: never (a CPU-only build).
 
+``FASTSEG_PTXAS_VERBOSE=1`` makes ptxas print each CUDA kernel's registers, spills and shared
+memory during the build (``tools/ptxas_report.py`` summarises that log).
+
 Without a visible GPU set ``TORCH_CUDA_ARCH_LIST`` (for example ``"8.0;9.0"``). Install with
 ``pip install --no-build-isolation .`` so that the extension is compiled against the torch you
 already have.
@@ -81,10 +84,10 @@ def _extension():
     if with_cuda:
         sources = cpp_sources + cuda_sources
         define_macros.append(("FASTSEG_WITH_CUDA", None))
-        kwargs["extra_compile_args"] = {
-            "cxx": cxx_flags,
-            "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"],
-        }
+        nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+        if os.environ.get("FASTSEG_PTXAS_VERBOSE") == "1":
+            nvcc_flags.append("-Xptxas=-v")  # registers, spills, shared memory per kernel
+        kwargs["extra_compile_args"] = {"cxx": cxx_flags, "nvcc": nvcc_flags}
         ext_cls = cpp_extension.CUDAExtension
     else:
         kwargs["extra_compile_args"] = {"cxx": cxx_flags}

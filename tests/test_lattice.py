@@ -1,0 +1,181 @@
+"""The native permutohedral lattice against the plain-PyTorch reference, tensor by tensor."""
+import numpy as np
+import pytest
+import torch
+
+from fastseg.crf.features import bilateral_features, gaussian_features
+from fastseg.ops import build_lattice, permutohedral_filter
+from fastseg.reference.permutohedral import build_lattice_reference, filter_reference
+
+FIELDS = ("vertices", "weights", "neighbors", "splat_offsets", "splat_points", "splat_weights",
+          "keys")
+
+
+def assert_same_lattice(a, b):
+    for name, x, y in zip(FIELDS, a, b):
+        assert x.dtype == y.dtype, name
+        assert x.shape == y.shape, f"{name}: {tuple(x.shape)} vs {tuple(y.shape)}"
+        assert torch.equal(x.cpu(), y.cpu()), f"{name} differs"
+
+
+def photo_features(image, kind):
+    t = torch.from_numpy(image)
+    if kind == "gaussian":
+        return gaussian_features(t.shape[0], t.shape[1], 1.0, 1.0)
+    return bilateral_features(t, 67.0, 67.0, (3.0, 3.0, 3.0))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "bilateral"])
+def test_photo_lattice_matches_reference(chelsea, kind):
+    feats = photo_features(chelsea[::2, ::2].copy(), kind)
+    assert_same_lattice(build_lattice(feats), build_lattice_reference(feats))
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 8, 16])
+def test_random_features_match_reference(d):
+    g = torch.Generator().manual_seed(d)
+    feats = torch.randn(777, d, generator=g) * 2.5
+    lat = build_lattice(feats)
+    assert lat.dim == d and lat.n_points == 777
+    assert_same_lattice(lat, build_lattice_reference(feats))
+
+
+def test_integer_features_with_ties_match_reference():
+    # Integer positions with unit std put many points exactly on simplex boundaries.
+    feats = torch.stack(torch.meshgrid(torch.arange(40.0), torch.arange(37.0), indexing="xy"),
+                        -1).reshape(-1, 2)
+    assert_same_lattice(build_lattice(feats), build_lattice_reference(feats))
+
+
+def test_large_coordinates_use_exact_double_embedding():
+    # Lattice coordinates beyond pydensecrf's int16 keys (it would overflow here).
+    feats = gaussian_features(300, 200, 0.01, 0.01)
+    lat = build_lattice(feats)
+    assert int(lat.keys.abs().max()) > 32767
+    assert_same_lattice(lat, build_lattice_reference(feats))
+
+
+def test_single_point_and_duplicates():
+    one = build_lattice(torch.tensor([[0.3, -1.2]]))
+    assert one.n_vertices == 3 and torch.allclose(one.weights.sum(), torch.tensor(1.0))
+    same = build_lattice(torch.zeros(50, 4))
+    assert same.n_vertices == 5  # every point shares one simplex
+    assert_same_lattice(same, build_lattice_reference(torch.zeros(50, 4)))
+
+
+def test_barycentric_weights_are_a_partition_of_unity(astronaut):
+    lat = build_lattice(photo_features(astronaut, "bilateral"))
+    torch.testing.assert_close(lat.weights.sum(1), torch.ones(lat.n_points), atol=2e-6, rtol=0)
+    assert float(lat.weights.min()) >= -1e-6
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "bilateral"])
+@pytest.mark.parametrize("m", [1, 3, 8, 21])
+def test_filter_matches_reference(chelsea, kind, m):
+    feats = photo_features(chelsea[::3, ::3].copy(), kind)
+    lat = build_lattice(feats)
+    g = torch.Generator().manual_seed(m)
+    x = torch.rand(lat.n_points, m, generator=g)
+    s_in = torch.rand(lat.n_points, generator=g) + 0.5
+    s_out = torch.rand(lat.n_points, generator=g) + 0.5
+    for reverse in (False, True):
+        got = permutohedral_filter(x, lat, s_in, s_out, reverse)
+        want = filter_reference(x, lat, s_in, s_out, reverse)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    torch.testing.assert_close(permutohedral_filter(x, lat), filter_reference(x, lat),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_filter_accepts_non_contiguous_values(chelsea):
+    lat = build_lattice(photo_features(chelsea[::4, ::4].copy(), "bilateral"))
+    x = torch.rand(5, lat.n_points).T  # non-contiguous (N, 5)
+    torch.testing.assert_close(permutohedral_filter(x, lat),
+                               permutohedral_filter(x.contiguous(), lat))
+
+
+def test_reverse_filter_is_the_transpose(chelsea):
+    lat = build_lattice(photo_features(chelsea[::4, ::4].copy(), "bilateral"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(lat.n_points, 4, generator=g, dtype=torch.float32)
+    y = torch.rand(lat.n_points, 4, generator=g, dtype=torch.float32)
+    lhs = (permutohedral_filter(x, lat) * y).double().sum()
+    rhs = (x * permutohedral_filter(y, lat, reverse=True)).double().sum()
+    assert abs(float(lhs - rhs)) <= 1e-5 * abs(float(lhs))
+
+
+def test_filter_gradients_match_reference_autograd(chelsea):
+    lat = build_lattice(photo_features(chelsea[::5, ::5].copy(), "bilateral"))
+    g = torch.Generator().manual_seed(1)
+    n = lat.n_points
+    inputs = [torch.rand(n, 3, generator=g), torch.rand(n, generator=g) + 0.5,
+              torch.rand(n, generator=g) + 0.5]
+    w = torch.rand(n, 3, generator=g)
+    grads = []
+    for fn in (permutohedral_filter, filter_reference):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        (fn(leaves[0], lat, leaves[1], leaves[2]) * w).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_operators_pass_opcheck(chelsea):
+    feats = photo_features(chelsea[::8, ::8].copy(), "bilateral")
+    torch.library.opcheck(torch.ops.fastseg.permutohedral_build.default, (feats,),
+                          test_utils=("test_schema", "test_faketensor"))
+    lat = build_lattice(feats)
+    x = torch.rand(lat.n_points, 4)
+    s = torch.rand(lat.n_points) + 0.5
+    torch.library.opcheck(torch.ops.fastseg.permutohedral_filter.default,
+                          (x, *lat.index_tensors, s, s, False))
+    u = torch.rand(lat.n_points, 4)
+    torch.library.opcheck(
+        torch.ops.fastseg.mean_field.default,
+        (u, None, *[[t] for t in lat.index_tensors], [s], [s], [torch.full((4,), 2.0)], 3))
+
+
+def test_build_and_filter_are_deterministic_across_thread_counts(astronaut, restore_threads):
+    feats = photo_features(astronaut, "bilateral")
+    x = torch.rand(feats.shape[0], 21, generator=torch.Generator().manual_seed(3))
+    runs = []
+    for n_threads in (1, 2, 1):
+        torch.set_num_threads(n_threads)
+        lat = build_lattice(feats)
+        runs.append((lat, permutohedral_filter(x, lat, x[:, 0], x[:, 1])))
+    for lat, out in runs[1:]:
+        assert_same_lattice(lat, runs[0][0])
+        assert torch.equal(out, runs[0][1])
+
+
+def window_features(y0, y1, x0, x1, std):
+    ys, xs = torch.meshgrid(torch.arange(y0, y1, dtype=torch.float32),
+                            torch.arange(x0, x1, dtype=torch.float32), indexing="ij")
+    s = torch.tensor([std], dtype=torch.float32)
+    return torch.stack((xs.reshape(-1) / s, ys.reshape(-1) / s), 1)
+
+
+@pytest.mark.parametrize("size,std", [(3000, 1.0), (1200, 0.1)])
+def test_big_image_with_small_std_has_no_key_overflow(size, std):
+    # 3000 x 3000 pixels at sxy = 1 (9M points, 10M vertices), and 1200 x 1200 at sxy = 0.1
+    # (lattice coordinates beyond int16, where pydensecrf's keys wrap around). The filter is
+    # local (3 blur passes of +-1 lattice step), so deep inside any window its response depends
+    # only on the window's points: the reference lattice (int64 keys, no overflow possible) of
+    # a window, in absolute coordinates, must give the same values there.
+    win, margin = 64, 16
+    feats = gaussian_features(size, size, std, std)
+    lat = build_lattice(feats)
+    assert lat.n_vertices > size * size
+    k1 = permutohedral_filter(torch.ones(feats.shape[0], 1), lat)[:, 0].reshape(size, size)
+    for y0, x0 in [(size - win, size - win), (size // 2, size // 5), (0, size - win)]:
+        ref_lat = build_lattice_reference(window_features(y0, y0 + win, x0, x0 + win, std))
+        ref = filter_reference(torch.ones(win * win, 1), ref_lat)[:, 0].reshape(win, win)
+        got = k1[y0:y0 + win, x0:x0 + win]
+        inner = (slice(margin, win - margin),) * 2
+        torch.testing.assert_close(got[inner], ref[inner], rtol=1e-6, atol=1e-6)
+
+
+def test_too_large_features_are_rejected_before_work():
+    with pytest.raises(RuntimeError, match="too large"):
+        build_lattice(torch.tensor([[0.0, 1e12]]))
+    with pytest.raises(RuntimeError, match="NaN or Inf"):
+        build_lattice(torch.tensor([[0.0, float("nan")]]))
