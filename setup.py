@@ -12,7 +12,8 @@ The C++ (CPU) sources are always compiled. The CUDA sources are compiled when
 ``FASTSEG_PTXAS_VERBOSE=1`` makes ptxas print each CUDA kernel's registers, spills and shared
 memory during the build (``tools/ptxas_report.py`` summarises that log).
 
-Without a visible GPU set ``TORCH_CUDA_ARCH_LIST`` (for example ``"8.0;9.0"``). Install with
+``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures (default without a visible GPU:
+``"8.0;9.0+PTX"``; with one, torch uses that GPU's). Install with
 ``pip install --no-build-isolation .`` so that the extension is compiled against the torch you
 already have.
 """
@@ -92,7 +93,11 @@ def _extension():
     else:
         kwargs["extra_compile_args"] = {"cxx": cxx_flags}
         ext_cls = cpp_extension.CppExtension
-    print(f"fastseg: building fastseg._C with{'' if with_cuda else 'out'} CUDA", file=sys.stderr)
+    if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # No GPU to ask: compile for Ampere and Hopper, with PTX that newer GPUs can JIT.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+    print(f"fastseg: building fastseg._C with{'' if with_cuda else 'out'} CUDA"
+          + (f" for {os.environ.get('TORCH_CUDA_ARCH_LIST')}" if with_cuda else ""), file=sys.stderr)
     return ext_cls(
         name="fastseg._C",
         sources=sources,

@@ -1,0 +1,76 @@
+"""Benchmark helpers: same-run ratios against the reference, peak memory in a child process.
+
+Every benchmark group holds a reference implementation and fastseg's, timed on the same input
+in the same run; ``record`` keeps each one's median and the summary at the end of the session
+prints fastseg's speed-up over the reference of its group (the machine is shared and noisy, so
+ratios from one run are the numbers to quote).
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+
+_MEDIANS = {}  # group -> {name: median seconds}
+_REFERENCE = {}  # group -> name of the reference implementation
+
+
+def record(benchmark, group: str, name: str, reference: bool = False) -> None:
+    """Call after benchmark(...) / benchmark.pedantic(...) has run."""
+    stats = getattr(benchmark, "stats", None)
+    if stats is None:  # --benchmark-disable
+        return
+    median = stats.stats.median
+    _MEDIANS.setdefault(group, {})[name] = median
+    if reference:
+        _REFERENCE[group] = name
+    ref = _REFERENCE.get(group)
+    if ref and ref != name and ref in _MEDIANS[group]:
+        benchmark.extra_info["speedup_vs_" + ref] = round(_MEDIANS[group][ref] / median, 2)
+
+
+_MEMORY_CHILD = """
+import json, sys
+def status(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field + ':'):
+            return int(line.split()[1]) / 1024.0  # kB -> MiB
+setup, work = sys.argv[1], sys.argv[2]
+env = {}
+exec(setup, env)  # imports and inputs: part of the baseline
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')  # resets the peak (VmHWM) to the current resident size
+before = status('VmRSS')
+exec(work, env)
+print(json.dumps(status('VmHWM') - before))
+"""
+
+
+def peak_memory_mb(setup: str, work: str) -> float:
+    """Peak resident memory (MiB) that the code ``work`` adds after ``setup`` has run, in a
+    fresh interpreter (forking this one is unsafe: OpenMP's thread pool does not survive it).
+    Linux only (/proc/self/clear_refs resets the peak after the setup)."""
+    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, setup, work], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _MEDIANS:
+        return
+    tr = terminalreporter
+    tr.section("fastseg vs reference (same run, median times)")
+    for group, medians in _MEDIANS.items():
+        ref = _REFERENCE.get(group)
+        for name, median in medians.items():
+            ratio = ""
+            if ref and name != ref and ref in medians:
+                ratio = f"  {medians[ref] / median:6.2f}x faster than {ref}"
+            tr.write_line(f"{group:34s} {name:28s} {median * 1e3:10.1f} ms{ratio}")
+
+
+@pytest.fixture(scope="session")
+def bench_photo():
+    from fastseg.testing import photo
+
+    return photo
