@@ -7,9 +7,24 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstddef>
+#include <memory>
+
 namespace fastseg {
 
 // at::empty for CPU tensors, with huge-page advice for allocations of 4 MB or more.
 at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// Uninitialised scratch memory for n trivially constructible T, huge-page advised when large.
+struct FreeDeleter {
+  void operator()(void* p) const;
+};
+void* allocate_large(size_t bytes);
+
+template <typename T>
+std::unique_ptr<T[], FreeDeleter> scratch_large(int64_t n) {
+  return std::unique_ptr<T[], FreeDeleter>(
+      static_cast<T*>(allocate_large(static_cast<size_t>(n) * sizeof(T))));
+}
 
 }  // namespace fastseg

@@ -103,6 +103,42 @@ FASTSEG_CLONES void splat_range(const LatticeView& lat, const float* values, int
   }
 }
 
+// Scatter form of the splat, one thread: points in order add their weighted rows to their
+// vertices. Every vertex receives its contributions in entry order starting from zero, exactly
+// as splat_range_w sums them, so the two forms give identical bits; this one streams through
+// the values instead of gathering scattered rows.
+template <int W>
+FASTSEG_INLINE void splat_scatter_w(const LatticeView& lat, const float* values, int64_t s,
+                                    float* buf) {
+  using F = typename Vec<W>::f;
+  const int dp1 = lat.d + 1;
+  for (int64_t k = 0; k < (lat.n_vertices + 1) * s; k += W) store<W>(buf + k, F{} + 0.f);
+  for (int64_t p = 0; p < lat.n_points; ++p) {
+    const float* src = values + p * s;
+    const float sc = lat.in_scale != nullptr ? lat.in_scale[p] : 1.f;
+    for (int r = 0; r < dp1; ++r) {
+      const float w = lat.weights[p * dp1 + r];
+      float* dst = buf + static_cast<int64_t>(lat.vertices[p * dp1 + r]) * s;
+      if (lat.in_scale != nullptr) {
+        for (int64_t k = 0; k < s; k += W) {
+          store<W>(dst + k, load<W>(dst + k) + w * (load<W>(src + k) * sc));
+        }
+      } else {
+        for (int64_t k = 0; k < s; k += W) store<W>(dst + k, load<W>(dst + k) + w * load<W>(src + k));
+      }
+    }
+  }
+}
+
+FASTSEG_CLONES void splat_scatter(const LatticeView& lat, const float* values, int64_t s,
+                                  float* buf) {
+  if (s % 8 == 0) {
+    splat_scatter_w<8>(lat, values, s, buf);
+  } else {
+    splat_scatter_w<4>(lat, values, s, buf);
+  }
+}
+
 template <int W>
 FASTSEG_INLINE void blur_range_w(const int32_t* nb, const float* src, float* dst, int64_t s,
                          int64_t v_begin, int64_t v_end) {
@@ -348,6 +384,19 @@ void splat(const LatticeView& lat, const float* values, int64_t s, float* buf) {
   at::parallel_for(0, lat.n_vertices, kGrain, [&](int64_t begin, int64_t end) {
     splat_range(lat, values, s, buf, begin, end);
   });
+}
+
+void splat_terms(const LatticeView* const* lats, int n_terms, const float* values, int64_t s,
+                 float* const* bufs) {
+  const int threads = at::get_num_threads();
+  if (threads < 2 || n_terms >= 2) {
+    // One thread per term, in scatter form (faster than gathering, identical bits).
+    at::parallel_for(0, n_terms, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) splat_scatter(*lats[t], values, s, bufs[t]);
+    });
+  } else {
+    for (int t = 0; t < n_terms; ++t) splat(*lats[t], values, s, bufs[t]);  // gather, in parallel
+  }
 }
 
 float* blur(const LatticeView& lat, float* a, float* b, int64_t s, bool reverse) {

@@ -45,6 +45,13 @@ LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
 // buf = splat(in_scale * values); the zero row V is written too.
 void splat(const LatticeView& lat, const float* values, int64_t s, float* buf);
 
+// The splats of several terms at once. Each term's splat runs on one thread in scatter form
+// (points in order add to their vertices: the same bits as splat(), but streaming through
+// the values instead of gathering scattered rows) when that keeps every thread busy (one
+// thread, or several terms to share among threads); otherwise the parallel splat().
+void splat_terms(const LatticeView* const* lats, int n_terms, const float* values, int64_t s,
+                 float* const* bufs);
+
 // d+1 blur passes ping-ponging between a (holding the splat) and b; returns the one holding
 // the result. Directions run 0..d, or d..0 when reverse (the transposed filter).
 float* blur(const LatticeView& lat, float* a, float* b, int64_t s, bool reverse);

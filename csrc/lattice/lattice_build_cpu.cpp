@@ -2,10 +2,11 @@
 //
 // The steps mirror the CUDA build (lattice_build_cuda.cu) and share its per-point and hash
 // table code: embed every point, insert every (point, vertex) entry into the lock-free table,
-// number vertices by first use (a prefix sum over "first entry of its key" flags), look up one
-// blur neighbour per direction and derive the other by inverting that relation, and build the
-// transposed (vertex -> point) index used for gather-based splatting. Every step's output is
-// independent of the number of threads.
+// number vertices by first use (a prefix sum over "first entry of its key" flags), find each
+// vertex's blur neighbours, and build the transposed (vertex -> point) index used for
+// gather-based splatting. Neighbours are found by a sort and merge where the keys allow it
+// (faster on a CPU, same result), by the table otherwise. Every step's output is independent
+// of the number of threads.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
@@ -18,6 +19,7 @@
 #include <memory>
 #include <vector>
 
+#include "common/large_buffer.h"
 #include "lattice/lattice.h"
 #include "lattice/lattice_table.h"
 #include "lattice/permutohedral_math.h"
@@ -28,11 +30,6 @@ namespace {
 
 constexpr int64_t kGrain = 4096;
 
-// Scratch arrays that every step fully overwrites: skip std::vector's zero fill.
-template <typename T>
-std::unique_ptr<T[]> scratch(int64_t n) {
-  return std::unique_ptr<T[]>(new T[n]);
-}
 
 template <typename T>
 void embed_points(const float* features, int64_t n, int d, int32_t* rem0, int8_t* rank,
@@ -57,13 +54,25 @@ void embed_points(const float* features, int64_t n, int d, int32_t* rem0, int8_t
 constexpr int kBatch = 16;
 
 // Inserts all entries; false if the table filled beyond 3/4 (the caller retries bigger).
+// Writes each entry's slot, and an entry with the same key that is no later than it (itself
+// when it claimed the slot or lowered it: a candidate for "first entry of its key").
+//
+// Neighbouring points mostly share vertices, so each thread keeps a small direct-mapped cache
+// of the keys it has seen: a hit names an earlier entry with the key, whose slot can then only
+// hold that entry or an earlier one, so the table need not be touched at all.
 bool insert_entries(const SimplexStore& store, int64_t n_entries, uint64_t* table,
-                    int64_t capacity, uint32_t* entry_slot) {
+                    int64_t capacity, uint32_t* entry_slot, int32_t* seen_owner) {
+  constexpr int kCacheBits = 12;
+  struct CacheLine {
+    uint64_t word;  // make_slot(hash, entry) of an entry with this key, or kEmptySlot
+    uint32_t slot;
+  };
   std::atomic<int64_t> claimed{0};
   std::atomic<bool> full{false};
   const int64_t max_fill = capacity - capacity / 4;
   const int d = store.d;
   at::parallel_for(0, n_entries, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<CacheLine> cache(size_t(1) << kCacheBits, CacheLine{kEmptySlot, 0});
     int32_t keys[kBatch][kMaxDim];
     uint32_t hashes[kBatch];
     int64_t local_claims = 0;
@@ -72,17 +81,27 @@ bool insert_entries(const SimplexStore& store, int64_t n_entries, uint64_t* tabl
       for (int i = 0; i < nb; ++i) {
         store.entry_key(b0 + i, keys[i]);
         hashes[i] = hash_key(keys[i], d);
-        __builtin_prefetch(table + (hashes[i] & (capacity - 1)), 1);
       }
       for (int i = 0; i < nb; ++i) {
+        const int64_t e = b0 + i;
+        CacheLine& line = cache[hashes[i] & ((1u << kCacheBits) - 1)];
+        if (line.word != kEmptySlot && slot_hash(line.word) == hashes[i] &&
+            store.entry_has_key(slot_entry(line.word), keys[i])) {
+          entry_slot[e] = line.slot;
+          seen_owner[e] = slot_entry(line.word);
+          continue;
+        }
         int64_t slot = 0;
+        int32_t owner = 0;
         const InsertResult r = table_insert(table, capacity, store, keys[i], hashes[i],
-                                            static_cast<int32_t>(b0 + i), &slot);
+                                            static_cast<int32_t>(e), &slot, &owner);
         if (r == InsertResult::kFull) {
           full = true;
           break;
         }
-        entry_slot[b0 + i] = static_cast<uint32_t>(slot);
+        entry_slot[e] = static_cast<uint32_t>(slot);
+        seen_owner[e] = owner;
+        line = CacheLine{make_slot(hashes[i], owner), static_cast<uint32_t>(slot)};
         local_claims += r == InsertResult::kClaimed;
       }
       if (local_claims >= 1024) {
@@ -96,57 +115,42 @@ bool insert_entries(const SimplexStore& store, int64_t n_entries, uint64_t* tabl
 }
 
 // Vertices are numbered by first use: an entry is "first" when the table kept it for its key.
-// Pass 1 records each entry's owner (the first entry with its key) and counts first entries
-// per chunk; the chunk counts' prefix sum is where each chunk's numbers start.
-struct FirstEntries {
-  std::unique_ptr<uint8_t[]> is_first;
-  std::vector<int64_t> chunk_base;  // numbers of chunk c start at chunk_base[c]
-  int64_t n_vertices;
-};
-
-FirstEntries mark_first_entries(int64_t n_entries, const uint64_t* table,
-                                const uint32_t* entry_slot, int32_t* vertex_of_entry) {
-  FirstEntries f{scratch<uint8_t>(n_entries), {}, 0};
-  const int64_t n_chunks = std::max<int64_t>(1, (n_entries + kGrain - 1) / kGrain);
-  f.chunk_base.assign(n_chunks + 1, 0);
-  at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      int64_t count = 0;
-      for (int64_t e = c * kGrain; e < std::min(n_entries, (c + 1) * kGrain); ++e) {
-        const int32_t owner = slot_entry(table[entry_slot[e]]);
-        vertex_of_entry[e] = owner;
-        f.is_first[e] = owner == e;
-        count += f.is_first[e];
-      }
-      f.chunk_base[c + 1] = count;
-    }
-  });
-  for (int64_t c = 0; c < n_chunks; ++c) f.chunk_base[c + 1] += f.chunk_base[c];
-  f.n_vertices = f.chunk_base[n_chunks];
-  return f;
-}
-
-// Pass 2 numbers the first entries and writes their keys; pass 3 gives every other entry its
-// owner's number (owners come first, so they are already numbered).
-void assign_vertex_numbers(const SimplexStore& store, int64_t n_entries, const FirstEntries& f,
-                           int32_t* vertex_of_entry, int32_t* vertex_keys) {
-  const int64_t n_chunks = static_cast<int64_t>(f.chunk_base.size()) - 1;
-  const int d = store.d;
-  at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      int32_t next = static_cast<int32_t>(f.chunk_base[c]);
-      for (int64_t e = c * kGrain; e < std::min(n_entries, (c + 1) * kGrain); ++e) {
-        if (f.is_first[e]) {
-          store.entry_key(e, vertex_keys + static_cast<int64_t>(next) * d);
-          vertex_of_entry[e] = next++;
-        }
-      }
-    }
-  });
+// Only candidates (entries that saw themselves as their key's owner while inserting) can be
+// first, so only they read the table; every other entry already names an earlier entry with
+// its key. One ordered pass then numbers first entries and gives every other entry the number
+// of the earlier entry it names, which is already set. Returns the number of vertices.
+int64_t number_vertices(const SimplexStore& store, int64_t n_entries, const uint64_t* table,
+                        const uint32_t* entry_slot, int32_t* vertex_of_entry,
+                        std::vector<int32_t>& first_entries) {
+  auto is_first = scratch_large<uint8_t>(n_entries);
   at::parallel_for(0, n_entries, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t e = begin; e < end; ++e) {
-      if (!f.is_first[e]) vertex_of_entry[e] = vertex_of_entry[vertex_of_entry[e]];
+      is_first[e] = 0;
+      if (vertex_of_entry[e] == e) {
+        const int32_t owner = slot_entry(table[entry_slot[e]]);
+        is_first[e] = owner == e;
+        vertex_of_entry[e] = owner;  // lost the race to an earlier entry: name that one
+      }
     }
+  });
+  int32_t next = 0;
+  for (int64_t e = 0; e < n_entries; ++e) {
+    if (is_first[e]) {
+      first_entries.push_back(static_cast<int32_t>(e));
+      vertex_of_entry[e] = next++;
+    } else {
+      vertex_of_entry[e] = vertex_of_entry[vertex_of_entry[e]];
+    }
+  }
+  return next;
+}
+
+// Each vertex's key, from its first entry.
+void write_vertex_keys(const SimplexStore& store, const std::vector<int32_t>& first_entries,
+                       int32_t* keys) {
+  const int64_t nv = static_cast<int64_t>(first_entries.size());
+  at::parallel_for(0, nv, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t v = begin; v < end; ++v) store.entry_key(first_entries[v], keys + v * store.d);
   });
 }
 
@@ -185,9 +189,106 @@ void build_splat_index(const int32_t* vertex_of_entry, const float* bary, int64_
   });
 }
 
-// Blur neighbours: look up the "+" neighbour along each direction; the "-" neighbour is the
-// inverse relation (one-to-one), so it is written by the vertex that found it.
-void find_neighbors(const SimplexStore& store, const uint64_t* table, int64_t capacity,
+// Blur neighbours by sorting instead of hashing: when a vertex's d coordinates fit in 64 bits
+// (each stored as an offset from its minimum, in as many bits as its range needs), the packed
+// keys order vertices lexicographically, and the "+" neighbour along direction j is the key
+// plus a constant (every coordinate -1, coordinate j +d), which adds a constant to the packed
+// key without leaving any field. So one sort and, per direction, a merge of the sorted keys
+// with themselves shifted by that constant find every neighbour with sequential reads only;
+// the hash table's ~(d+1)V random probes cost several times more on the CPU.
+struct PackedKeys {
+  std::vector<uint64_t> key;     // sorted packed keys
+  std::vector<int32_t> vertex;   // the vertex of each
+  uint64_t delta[kMaxDim + 1];   // packed "+" step along each direction
+};
+
+bool pack_and_sort_keys(const int32_t* keys, int64_t nv, int d, PackedKeys& out) {
+  int64_t lo[kMaxDim], hi[kMaxDim];
+  for (int i = 0; i < d; ++i) lo[i] = INT64_MAX, hi[i] = INT64_MIN;
+  for (int64_t v = 0; v < nv; ++v) {
+    for (int i = 0; i < d; ++i) {
+      lo[i] = std::min<int64_t>(lo[i], keys[v * d + i]);
+      hi[i] = std::max<int64_t>(hi[i], keys[v * d + i]);
+    }
+  }
+  // Neighbour keys range over [lo - 1, hi + d]: field i stores key - (lo - 1).
+  int shift[kMaxDim];
+  int total = 0;
+  for (int i = d - 1; i >= 0; --i) {
+    const uint64_t range = static_cast<uint64_t>(hi[i] + d - (lo[i] - 1));
+    int bits = 1;
+    while (bits < 64 && (range >> bits) != 0) ++bits;
+    shift[i] = total;
+    total += bits;
+    if (total > 64) return false;
+  }
+  for (int j = 0; j <= d; ++j) {
+    uint64_t delta = 0;
+    for (int i = 0; i < d; ++i) {
+      const int64_t step = i == j ? d : -1;
+      delta += static_cast<uint64_t>(step) << shift[i];  // modulo 2^64, exact once summed
+    }
+    out.delta[j] = delta;
+  }
+  std::vector<uint64_t> key(nv);
+  std::vector<int32_t> vertex(nv);
+  for (int64_t v = 0; v < nv; ++v) {
+    uint64_t packed = 0;
+    for (int i = 0; i < d; ++i) {
+      packed += static_cast<uint64_t>(keys[v * d + i] - (lo[i] - 1)) << shift[i];
+    }
+    key[v] = packed;
+    vertex[v] = static_cast<int32_t>(v);
+  }
+  // LSD radix sort, 11 bits per pass, over the bits in use.
+  constexpr int kDigit = 11;
+  std::vector<uint64_t> key_tmp(nv);
+  std::vector<int32_t> vertex_tmp(nv);
+  std::vector<int64_t> count(size_t(1) << kDigit);
+  for (int bit = 0; bit < total; bit += kDigit) {
+    std::fill(count.begin(), count.end(), 0);
+    for (int64_t v = 0; v < nv; ++v) ++count[(key[v] >> bit) & ((1u << kDigit) - 1)];
+    int64_t sum = 0;
+    for (auto& c : count) {
+      const int64_t here = c;
+      c = sum;
+      sum += here;
+    }
+    for (int64_t v = 0; v < nv; ++v) {
+      const int64_t pos = count[(key[v] >> bit) & ((1u << kDigit) - 1)]++;
+      key_tmp[pos] = key[v];
+      vertex_tmp[pos] = vertex[v];
+    }
+    key.swap(key_tmp);
+    vertex.swap(vertex_tmp);
+  }
+  out.key = std::move(key);
+  out.vertex = std::move(vertex);
+  return true;
+}
+
+void find_neighbors_sorted(const PackedKeys& packed, int d, int64_t nv, int32_t* neighbors) {
+  at::parallel_for(0, d + 1, 1, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      int32_t* nb = neighbors + j * nv * 2;
+      int64_t a = 0;
+      for (int64_t t = 0; t < nv; ++t) {
+        const uint64_t target = packed.key[t] + packed.delta[j];
+        while (a < nv && packed.key[a] < target) ++a;
+        if (a == nv) break;
+        if (packed.key[a] == target) {
+          nb[int64_t(packed.vertex[t]) * 2 + 0] = packed.vertex[a];
+          nb[int64_t(packed.vertex[a]) * 2 + 1] = packed.vertex[t];
+        }
+      }
+    }
+  });
+}
+
+// Fallback when keys do not pack into 64 bits: look up the "+" neighbour along each direction
+// in the hash table; the "-" neighbour is the inverse relation (one-to-one), so it is written
+// by the vertex that found it.
+void find_neighbors_hashed(const SimplexStore& store, const uint64_t* table, int64_t capacity,
                     const int32_t* vertex_keys, const int32_t* vertex_of_entry, int64_t nv,
                     int32_t* neighbors) {
   const int d = store.d;
@@ -229,8 +330,8 @@ LatticeTensors permutohedral_build_cpu(const at::Tensor& features_in) {
   const double bound = checked_elevated_bound(features);
 
   const auto int_opts = features.options().dtype(at::kInt);
-  auto rem0 = scratch<int32_t>(n_entries);
-  auto rank = scratch<int8_t>(n_entries);
+  auto rem0 = scratch_large<int32_t>(n_entries);
+  auto rank = scratch_large<int8_t>(n_entries);
   at::Tensor weights = at::empty({n, d + 1}, features.options());
   if (bound < kMaxFloatElevated) {
     embed_points<float>(features.data_ptr<float>(), n, d, rem0.get(), rank.get(),
@@ -241,23 +342,26 @@ LatticeTensors permutohedral_build_cpu(const at::Tensor& features_in) {
   }
   const SimplexStore store{rem0.get(), rank.get(), d};
 
-  auto entry_slot = scratch<uint32_t>(n_entries);
+  auto entry_slot = scratch_large<uint32_t>(n_entries);
+  // Holds each entry's seen owner while inserting, then its vertex number.
+  at::Tensor vertices = empty_large({n, d + 1}, int_opts);
   std::vector<uint64_t> table;
   int64_t capacity = 0;
   for (bool retry : {false, true}) {
     capacity = table_capacity(n, n_entries, retry);
     table.assign(capacity, kEmptySlot);
-    if (insert_entries(store, n_entries, table.data(), capacity, entry_slot.get())) break;
+    if (insert_entries(store, n_entries, table.data(), capacity, entry_slot.get(),
+                       vertices.data_ptr<int32_t>())) {
+      break;
+    }
     TORCH_CHECK(!retry, "permutohedral_build: hash table overflow (internal error)");
   }
 
-  at::Tensor vertices = at::empty({n, d + 1}, int_opts);
-  const FirstEntries first =
-      mark_first_entries(n_entries, table.data(), entry_slot.get(), vertices.data_ptr<int32_t>());
-  const int64_t nv = first.n_vertices;
+  std::vector<int32_t> first_entries;
+  const int64_t nv = number_vertices(store, n_entries, table.data(), entry_slot.get(),
+                                     vertices.data_ptr<int32_t>(), first_entries);
   at::Tensor keys = at::empty({nv, d}, int_opts);
-  assign_vertex_numbers(store, n_entries, first, vertices.data_ptr<int32_t>(),
-                        keys.data_ptr<int32_t>());
+  write_vertex_keys(store, first_entries, keys.data_ptr<int32_t>());
 
   at::Tensor splat_offsets = at::empty({nv + 1}, features.options().dtype(at::kLong));
   at::Tensor splat_points = at::empty({n_entries}, int_opts);
@@ -267,8 +371,13 @@ LatticeTensors permutohedral_build_cpu(const at::Tensor& features_in) {
                     splat_weights.data_ptr<float>());
 
   at::Tensor neighbors = at::full({d + 1, nv, 2}, static_cast<int32_t>(nv), int_opts);
-  find_neighbors(store, table.data(), capacity, keys.data_ptr<int32_t>(),
-                 vertices.data_ptr<int32_t>(), nv, neighbors.data_ptr<int32_t>());
+  PackedKeys packed;
+  if (pack_and_sort_keys(keys.data_ptr<int32_t>(), nv, d, packed)) {
+    find_neighbors_sorted(packed, d, nv, neighbors.data_ptr<int32_t>());
+  } else {
+    find_neighbors_hashed(store, table.data(), capacity, keys.data_ptr<int32_t>(),
+                          vertices.data_ptr<int32_t>(), nv, neighbors.data_ptr<int32_t>());
+  }
   return {vertices, weights, neighbors, splat_offsets, splat_points, splat_weights, keys};
 }
 

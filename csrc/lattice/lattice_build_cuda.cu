@@ -57,8 +57,9 @@ __global__ void insert_kernel(SimplexStore store, int64_t n_entries, uint64_t* t
        e += int64_t(blockDim.x) * gridDim.x) {
     store.entry_key(e, key);
     int64_t slot = 0;
+    int32_t owner = 0;  // unused here: owner_kernel reads the final owners from the table
     const InsertResult r = table_insert(table, capacity, store, key, hash_key(key, store.d),
-                                        static_cast<int32_t>(e), &slot);
+                                        static_cast<int32_t>(e), &slot, &owner);
     if (r == InsertResult::kFull) {
       atomicExch(status, 1ull);
       return;

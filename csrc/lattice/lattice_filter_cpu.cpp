@@ -32,7 +32,9 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
   at::Tensor buf_a = empty_large({lat.n_vertices + 1, s}, values.options());
   at::Tensor buf_b = empty_large({lat.n_vertices + 1, s}, values.options());
   cpu::pad_rows(values.data_ptr<float>(), n, m, s, padded.data_ptr<float>());
-  cpu::splat(lat, padded.data_ptr<float>(), s, buf_a.data_ptr<float>());
+  const cpu::LatticeView* lats[] = {&lat};
+  float* bufs[] = {buf_a.data_ptr<float>()};
+  cpu::splat_terms(lats, 1, padded.data_ptr<float>(), s, bufs);
   const float* result =
       cpu::blur(lat, buf_a.data_ptr<float>(), buf_b.data_ptr<float>(), s, reverse);
   cpu::slice(lat, result, s, padded.data_ptr<float>());

@@ -84,10 +84,12 @@ struct SimplexStore {
 
 enum class InsertResult { kExisting, kClaimed, kFull };
 
-// Inserts entry `entry` with key `key` (hash `hash`); writes the slot it ended in.
+// Inserts entry `entry` with key `key` (hash `hash`); writes the slot it ended in and the
+// smallest entry with the key that the slot held when it looked (itself if none was smaller).
 C10_HOST_DEVICE inline InsertResult table_insert(uint64_t* table, int64_t capacity,
                                                  const SimplexStore& store, const int32_t* key,
-                                                 uint32_t hash, int32_t entry, int64_t* slot_out) {
+                                                 uint32_t hash, int32_t entry, int64_t* slot_out,
+                                                 int32_t* owner_out) {
   const uint64_t mine = make_slot(hash, entry);
   int64_t slot = hash & (capacity - 1);
   for (int64_t probes = 0; probes < capacity; ++probes) {
@@ -96,6 +98,7 @@ C10_HOST_DEVICE inline InsertResult table_insert(uint64_t* table, int64_t capaci
       cur = atomic_cas_slot(table + slot, kEmptySlot, mine);
       if (cur == kEmptySlot) {
         *slot_out = slot;
+        *owner_out = entry;
         return InsertResult::kClaimed;
       }
       // Lost the race: `cur` is the winner, which may carry our key.
@@ -103,6 +106,7 @@ C10_HOST_DEVICE inline InsertResult table_insert(uint64_t* table, int64_t capaci
     if (slot_hash(cur) == hash && store.entry_has_key(slot_entry(cur), key)) {
       if (mine < cur) atomic_min_slot(table + slot, mine);
       *slot_out = slot;
+      *owner_out = mine < cur ? entry : slot_entry(cur);
       return InsertResult::kExisting;
     }
     slot = (slot + 1) & (capacity - 1);

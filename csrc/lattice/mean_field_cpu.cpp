@@ -90,10 +90,12 @@ at::Tensor mean_field_cpu(const at::Tensor& unary_in, const c10::optional<at::Te
     }
   }
 
+  std::vector<const cpu::LatticeView*> view_ptrs;
+  for (const auto& v : views) view_ptrs.push_back(&v);
   std::vector<cpu::TermUpdate> updates(n_terms);
   for (int64_t it = 0; it < iterations; ++it) {
+    cpu::splat_terms(view_ptrs.data(), n_terms, q.data_ptr<float>(), s, buf.data());
     for (int t = 0; t < n_terms; ++t) {
-      cpu::splat(views[t], q.data_ptr<float>(), s, buf[t]);
       float* blurred = cpu::blur(views[t], buf[t], buf[n_terms], s, /*reverse=*/false);
       if (blurred != buf[t]) std::swap(buf[t], buf[n_terms]);
       updates[t] = {&views[t], buf[t], nullptr, nullptr};
