@@ -115,15 +115,18 @@ def tap_conv_fwd_kernel(
             valid = m_mask & (oh >= oh_lo) & (oh < oh_hi) & (ow >= ow_lo) & (ow < ow_hi)
             ih = oh * STRIDE + dy
             iw = ow * STRIDE + dx
-            a_ptrs = x_img + ih[:, None] * sx_h + iw[:, None] * sx_w + offs_k[None, :] * sx_c
-            b_ptrs = w_ptr + t * C * CO + offs_k[:, None] * CO + offs_n[None, :]
+            # Only (BM, 1) and (1, BK) index vectors live across the K loop; the (BM, BK)
+            # addresses are formed at each load. Loop-carried 2-D pointer tensors cost two
+            # registers per element and made every configuration spill.
+            a_rows = x_img + (ih * sx_h + iw * sx_w)[:, None]
+            w_tap = w_ptr + t * C * CO
             for k0 in range(0, C, BLOCK_K):
-                k_mask = offs_k < C - k0
-                a = tl.load(a_ptrs, mask=valid[:, None] & k_mask[None, :], other=0.0)
-                b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+                kk = k0 + offs_k
+                k_mask = kk < C
+                a = tl.load(a_rows + kk[None, :] * sx_c, mask=valid[:, None] & k_mask[None, :], other=0.0)
+                b = tl.load(w_tap + kk[:, None] * CO + offs_n[None, :],
+                            mask=k_mask[:, None] & n_mask[None, :], other=0.0)
                 acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-                a_ptrs += BLOCK_K * sx_c
-                b_ptrs += BLOCK_K * CO
 
     mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT_K > 1:

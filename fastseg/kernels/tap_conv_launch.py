@@ -59,15 +59,13 @@ class WgradConfig:
 # input gradients) want wide N tiles; small-Cout ones (ASPP: 21 classes) want BLOCK_N = 32 and
 # split-K to give every SM work.
 FWD_CONFIGS = (
-    FwdConfig(8, 16, 128, 32, 1, 4, 3),
-    FwdConfig(16, 16, 128, 32, 1, 8, 3),
+    FwdConfig(8, 16, 128, 32, 1, 8, 3),
     FwdConfig(8, 16, 64, 32, 1, 4, 4),
-    FwdConfig(16, 16, 64, 64, 1, 8, 3),
-    FwdConfig(8, 32, 128, 32, 1, 8, 3),
-    FwdConfig(16, 8, 128, 64, 1, 8, 3),
-    FwdConfig(8, 16, 32, 64, 1, 4, 4),
-    FwdConfig(16, 16, 32, 64, 1, 4, 3),
-    FwdConfig(8, 16, 32, 64, 4, 4, 4),
+    FwdConfig(16, 16, 64, 32, 1, 8, 3),
+    FwdConfig(16, 8, 128, 32, 1, 8, 3),
+    FwdConfig(8, 16, 32, 32, 1, 4, 4),
+    FwdConfig(16, 16, 32, 64, 1, 8, 3),
+    FwdConfig(8, 16, 32, 32, 4, 4, 4),
     FwdConfig(16, 16, 32, 64, 4, 8, 3),
     FwdConfig(8, 8, 32, 64, 8, 4, 4),
     FwdConfig(8, 16, 32, 32, 8, 4, 4),
@@ -81,6 +79,16 @@ WGRAD_CONFIGS = (
     WgradConfig(64, 32, 64, 4, 4, 3),
     WgradConfig(128, 32, 64, 4, 8, 3),
 )
+
+
+def fwd_shared_bytes(cfg: FwdConfig, itemsize: int) -> int:
+    """Shared memory the pipelined A and B tiles need (Triton's estimate is close to this)."""
+    return cfg.num_stages * (cfg.BLOCK_H * cfg.BLOCK_W + cfg.BLOCK_N) * cfg.BLOCK_K * itemsize
+
+
+def wgrad_shared_bytes(cfg: WgradConfig, itemsize: int) -> int:
+    return cfg.num_stages * (cfg.BLOCK_C + cfg.BLOCK_N) * cfg.BLOCK_P * itemsize
+
 
 REDUCE_BLOCK = 1024
 REDUCE_WARPS = 4
@@ -112,6 +120,13 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _max_shared(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1 << 30  # the interpreter has no shared memory limit
+    import triton
+    return triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
+
+
 def _dot_precision(dtype: torch.dtype, device: torch.device) -> str:
     """TF32 for float32 on CUDA iff cuDNN convolutions may use it (torch.backends.cudnn.allow_tf32)."""
     if dtype == torch.float32 and device.type == "cuda" and torch.backends.cudnn.allow_tf32:
@@ -119,26 +134,26 @@ def _dot_precision(dtype: torch.dtype, device: torch.device) -> str:
     return "ieee"
 
 
-def prune_fwd(configs, n_images, c_in, c_out, out_hw, n_taps, sms):
-    """Drop tiles far larger than the problem; keep split-K only where the tiles alone would
-    leave SMs idle."""
+def prune_fwd(configs, n_images, c_in, c_out, out_hw, n_taps, sms, itemsize, max_shared):
+    """Drop tiles far larger than the problem or than the device's shared memory; keep split-K
+    only where the tiles alone would leave SMs idle."""
     keep = [c for c in configs
             if c.BLOCK_N <= max(32, _next_pow2(c_out)) and c.BLOCK_K <= max(16, _next_pow2(c_in))
-            and c.SPLIT_K <= max(1, n_taps)]
+            and c.SPLIT_K <= max(1, n_taps) and fwd_shared_bytes(c, itemsize) <= max_shared]
     def tiles(c):
         return (n_images * math.ceil(out_hw[0] / c.BLOCK_H) * math.ceil(out_hw[1] / c.BLOCK_W)
                 * math.ceil(c_out / c.BLOCK_N))
     keep = [c for c in keep if c.SPLIT_K == 1 or tiles(c) < 2 * sms]
-    return keep or [c for c in configs if c.SPLIT_K == 1][:1]
+    return keep or [min(configs, key=lambda c: fwd_shared_bytes(c, itemsize))]
 
 
-def prune_wgrad(configs, c_in, c_out, n_taps, pixels, sms):
+def prune_wgrad(configs, c_in, c_out, n_taps, pixels, sms, itemsize, max_shared):
     keep = [c for c in configs if c.BLOCK_N <= max(32, _next_pow2(c_out))
-            and c.BLOCK_C <= max(64, _next_pow2(c_in))]
+            and c.BLOCK_C <= max(64, _next_pow2(c_in)) and wgrad_shared_bytes(c, itemsize) <= max_shared]
     def tiles(c):
         return n_taps * math.ceil(c_in / c.BLOCK_C) * math.ceil(c_out / c.BLOCK_N)
     keep = [c for c in keep if c.SPLIT_P == 1 or (tiles(c) < 2 * sms and pixels >= 4 * c.BLOCK_P)]
-    return keep or [c for c in configs if c.SPLIT_P == 1][:1]
+    return keep or [min(configs, key=lambda c: wgrad_shared_bytes(c, itemsize))]
 
 
 _TUNED: dict = {}
@@ -221,7 +236,8 @@ def conv_forward(x: torch.Tensor, w_taps: torch.Tensor, table: TapTable, *,
 
     key = ("fwd", n, c_in, h, w, c_out, oh, ow, len(table), table.stride, x.dtype, x.stride(),
            memory_format, tuple(flags.values()), precision, x.device)
-    candidates = prune_fwd(FWD_CONFIGS, n, c_in, c_out, (oh, ow), len(table), _sm_count(x.device))
+    candidates = prune_fwd(FWD_CONFIGS, n, c_in, c_out, (oh, ow), len(table), _sm_count(x.device),
+                           x.element_size(), _max_shared(x.device))
     cfg = _pick(key, candidates, launch, INTERPRETER_FWD_CONFIG)
     launch(cfg)
     return out
@@ -265,7 +281,8 @@ def conv_weight_grad(x: torch.Tensor, grad: torch.Tensor, table: TapTable) -> to
 
     key = ("wgrad", n, c_in, c_out, table.in_hw, table.out_hw, tuple(table.taps), table.stride,
            x.dtype, x.stride(), grad.stride(), precision, x.device)
-    candidates = prune_wgrad(WGRAD_CONFIGS, c_in, c_out, n_taps, pixels, _sm_count(x.device))
+    candidates = prune_wgrad(WGRAD_CONFIGS, c_in, c_out, n_taps, pixels, _sm_count(x.device),
+                             x.element_size(), _max_shared(x.device))
     cfg = _pick(key, candidates, launch, INTERPRETER_WGRAD_CONFIG)
     launch(cfg)
     return result["dw"]
