@@ -100,7 +100,7 @@ def _fwd_source(tap_conv, cfg, dtype, problem):
     xs = _nhwc_strides(1, p["C"], p["H"], p["W"])
     os_ = _nhwc_strides(1, p["CO"], p["OH"], p["OW"])
     values = dict(x_ptr=ptr, w_ptr=ptr, taps_ptr="*i32", out_ptr=ptr, part_ptr="*fp32", bias_ptr=ptr,
-                  scale_ptr=ptr, shift_ptr=ptr, res_ptr=ptr, STRIDE=1,
+                  scale_ptr=ptr, shift_ptr=ptr, res_ptr=ptr, STRIDE_H=1, STRIDE_W=1,
                   sp_s=p["CO"] * p["OH"] * p["OW"], sp_n=p["CO"] * p["OH"] * p["OW"],
                   **{k: p[k] for k in ("C", "H", "W", "CO", "OH", "OW", "T")},
                   **{f"sx_{k}": v for k, v in xs.items()}, **{f"so_{k}": v for k, v in os_.items()},
@@ -128,7 +128,7 @@ def _wgrad_source(tap_conv, cfg, dtype, problem):
     xs = _nhwc_strides(1, p["C"], p["H"], p["W"])
     gs = _nhwc_strides(1, p["CO"], p["OH"], p["OW"])
     values = dict(x_ptr=ptr, g_ptr=ptr, taps_ptr="*i32", part_ptr="*fp32", NB=2, C=p["C"], CO=p["CO"],
-                  OH=p["OH"], OW=p["OW"], sp_s=p["T"] * p["C"] * p["CO"], STRIDE=1,
+                  OH=p["OH"], OW=p["OW"], sp_s=p["T"] * p["C"] * p["CO"], STRIDE_H=1, STRIDE_W=1,
                   **{f"sx_{k}": v for k, v in xs.items()}, **{f"sg_{k}": v for k, v in gs.items()})
     consts = dict(DOT_PRECISION="tf32" if dtype == "fp32" else "ieee", **cfg.meta())
     return (tap_conv.tap_conv_wgrad_kernel, *_specialise(tap_conv.tap_conv_wgrad_kernel, values, consts))

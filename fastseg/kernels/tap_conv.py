@@ -68,13 +68,13 @@ def tap_conv_fwd_kernel(
     so_n, so_c, so_h, so_w,
     sr_n, sr_c, sr_h, sr_w,
     sp_s, sp_n,
-    STRIDE,
+    STRIDE_H, STRIDE_W,
     HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
     HAS_RES: tl.constexpr, RELU: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
 ):
-    """out[n, co, oh, ow] = epilogue(sum_t sum_c w[t, c, co] * x[n, c, oh*S + dy_t, ow*S + dx_t]).
+    """out[n, co, oh, ow] = epilogue(sum_t sum_c w[t, c, co] * x[n, c, oh*SH + dy_t, ow*SW + dx_t]).
 
     Grid: (N * tiles_h * tiles_w, cdiv(CO, BLOCK_N), SPLIT_K). With SPLIT_K > 1 the taps are
     dealt round-robin to SPLIT_K programs per tile, which write float32 partial sums to
@@ -113,8 +113,8 @@ def tap_conv_fwd_kernel(
             dy = tl.load(tap + _DY)
             dx = tl.load(tap + _DX)
             valid = m_mask & (oh >= oh_lo) & (oh < oh_hi) & (ow >= ow_lo) & (ow < ow_hi)
-            ih = oh * STRIDE + dy
-            iw = ow * STRIDE + dx
+            ih = oh * STRIDE_H + dy
+            iw = ow * STRIDE_W + dx
             # Only (BM, 1) and (1, BK) index vectors live across the K loop; the (BM, BK)
             # addresses are formed at each load. Loop-carried 2-D pointer tensors cost two
             # registers per element and made every configuration spill.
@@ -176,12 +176,12 @@ def tap_conv_wgrad_kernel(
     sx_n, sx_c, sx_h, sx_w,
     sg_n, sg_c, sg_h, sg_w,
     sp_s,
-    STRIDE,
+    STRIDE_H, STRIDE_W,
     DOT_PRECISION: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, SPLIT_P: tl.constexpr,
 ):
     """part[s, t, c, co] = sum over a 1/SPLIT_P share of tap t's valid output pixels (all images)
-    of x[n, c, oh*S + dy_t, ow*S + dx_t] * g[n, co, oh, ow].
+    of x[n, c, oh*SH + dy_t, ow*SW + dx_t] * g[n, co, oh, ow].
 
     Grid: (T * cdiv(C, BLOCK_C), cdiv(CO, BLOCK_N), SPLIT_P). The reduction runs only over the
     tap's valid output rectangle (from the tap table), so no load needs a padding mask. The
@@ -218,8 +218,8 @@ def tap_conv_wgrad_kernel(
         r = p % per_image
         oh = oh_lo + r // rw
         ow = ow_lo + r % rw
-        ih = oh * STRIDE + dy
-        iw = ow * STRIDE + dx
+        ih = oh * STRIDE_H + dy
+        iw = ow * STRIDE_W + dx
         a = tl.load(x_ptr + img[None, :] * sx_n + offs_c[:, None] * sx_c
                     + ih[None, :] * sx_h + iw[None, :] * sx_w,
                     mask=c_mask[:, None] & p_mask[None, :], other=0.0)

@@ -220,7 +220,7 @@ def conv_forward(x: torch.Tensor, w_taps: torch.Tensor, table: TapTable, *,
             c_in, h, w, c_out, oh, ow, len(table),
             *x.stride(), *out.stride(), *_strides4(residual),
             n * c_out * oh * ow, c_out * oh * ow,
-            table.stride,
+            *table.stride,
             DOT_PRECISION=precision, **flags, **cfg.meta(),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
@@ -246,11 +246,12 @@ def conv_forward(x: torch.Tensor, w_taps: torch.Tensor, table: TapTable, *,
 def conv_input_grad(grad: torch.Tensor, w_taps_oi: torch.Tensor, table: TapTable) -> torch.Tensor:
     """dx for a multi-tap convolution. w_taps_oi: (T, Cout, Cin) (the forward weights with each
     tap's matrix transposed), in table order."""
-    s = table.stride
-    if s > 1:  # g'[oh*s] = g[oh]: a stride-1 convolution over g' gives dx (taps.transposed_tap_table)
+    sh, sw = table.stride
+    if (sh, sw) != (1, 1):  # g'[oh*s] = g[oh]: a stride-1 conv over g' gives dx (taps.transposed_tap_table)
         n, c, oh, ow = grad.shape
-        spread = grad.new_zeros((n, c, (oh - 1) * s + 1, (ow - 1) * s + 1))
-        spread[:, :, ::s, ::s] = grad
+        spread = torch.empty((n, c, (oh - 1) * sh + 1, (ow - 1) * sw + 1), dtype=grad.dtype,
+                             device=grad.device, memory_format=torch.channels_last).zero_()
+        spread[:, :, ::sh, ::sw] = grad
         grad = spread
     return conv_forward(grad, w_taps_oi, transposed_tap_table(table))
 
@@ -274,7 +275,7 @@ def conv_weight_grad(x: torch.Tensor, grad: torch.Tensor, table: TapTable) -> to
         grid = (n_taps * math.ceil(c_in / cfg.BLOCK_C), math.ceil(c_out / cfg.BLOCK_N), cfg.SPLIT_P)
         k.tap_conv_wgrad_kernel[grid](
             x, grad, taps, part, n, c_in, c_out, oh, ow,
-            *x.stride(), *grad.stride(), n_taps * c_in * c_out, table.stride,
+            *x.stride(), *grad.stride(), n_taps * c_in * c_out, *table.stride,
             DOT_PRECISION=precision, **cfg.meta(), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         result["dw"] = part[0] if cfg.SPLIT_P == 1 else part.sum(0)

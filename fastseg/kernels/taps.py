@@ -72,7 +72,7 @@ class TapTable:
     branches: tuple[Branch, ...]
     in_hw: tuple[int, int]
     out_hw: tuple[int, int]
-    stride: int
+    stride: tuple[int, int]
 
     def __len__(self) -> int:
         return len(self.taps)
@@ -94,7 +94,7 @@ def conv_out_size(in_size: int, k: int, stride: int, padding: int, dilation: int
 
 
 def build_tap_table(branches: Sequence[Branch], in_hw: tuple[int, int], out_hw: tuple[int, int],
-                    stride: int = 1) -> TapTable:
+                    stride: tuple[int, int] = (1, 1)) -> TapTable:
     """Merge the kernel positions of all branches into live taps (see the module docstring)."""
     merged: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
     for b_idx, b in enumerate(branches):
@@ -104,19 +104,19 @@ def build_tap_table(branches: Sequence[Branch], in_hw: tuple[int, int], out_hw: 
                 merged.setdefault(offset, []).append((b_idx, ky, kx))
     taps = []
     for (dy, dx), sources in sorted(merged.items()):
-        oh_lo, oh_hi = _valid_range(dy, in_hw[0], out_hw[0], stride)
-        ow_lo, ow_hi = _valid_range(dx, in_hw[1], out_hw[1], stride)
+        oh_lo, oh_hi = _valid_range(dy, in_hw[0], out_hw[0], stride[0])
+        ow_lo, ow_hi = _valid_range(dx, in_hw[1], out_hw[1], stride[1])
         if oh_hi > oh_lo and ow_hi > ow_lo:
             taps.append(Tap(dy, dx, oh_lo, oh_hi, ow_lo, ow_hi, tuple(sources)))
-    return TapTable(tuple(taps), tuple(branches), tuple(in_hw), tuple(out_hw), stride)
+    return TapTable(tuple(taps), tuple(branches), tuple(in_hw), tuple(out_hw), tuple(stride))
 
 
-def conv_tap_table(kernel_hw: tuple[int, int], in_hw: tuple[int, int], stride: int,
+def conv_tap_table(kernel_hw: tuple[int, int], in_hw: tuple[int, int], stride: tuple[int, int],
                    padding: tuple[int, int], dilation: tuple[int, int]) -> TapTable:
-    """Tap table of one convolution (groups=1, square stride)."""
+    """Tap table of one convolution (groups=1)."""
     kh, kw = kernel_hw
-    out_hw = (conv_out_size(in_hw[0], kh, stride, padding[0], dilation[0]),
-              conv_out_size(in_hw[1], kw, stride, padding[1], dilation[1]))
+    out_hw = (conv_out_size(in_hw[0], kh, stride[0], padding[0], dilation[0]),
+              conv_out_size(in_hw[1], kw, stride[1], padding[1], dilation[1]))
     branch = Branch(kh, kw, padding[0], padding[1], dilation[0], dilation[1])
     return build_tap_table([branch], in_hw, out_hw, stride)
 
@@ -124,7 +124,7 @@ def conv_tap_table(kernel_hw: tuple[int, int], in_hw: tuple[int, int], stride: i
 def aspp_tap_table(rates: Sequence[int], in_hw: tuple[int, int]) -> TapTable:
     """Tap table of DeepLab-v2's ASPP: one 3x3 branch per rate, padding = dilation = rate."""
     branches = [Branch(3, 3, r, r, r, r) for r in rates]
-    return build_tap_table(branches, in_hw, in_hw, 1)
+    return build_tap_table(branches, in_hw, in_hw, (1, 1))
 
 
 def transposed_tap_table(table: TapTable) -> TapTable:
@@ -135,14 +135,14 @@ def transposed_tap_table(table: TapTable) -> TapTable:
     dx[ih, iw] = sum_t W_t^T g'[ih - dy_t, iw - dx_t]: a multi-tap convolution with the offsets
     negated, stride 1, whose output is the input's size. Tap order (and so weight order) is kept.
     """
-    (h, w), (oh, ow), s = table.in_hw, table.out_hw, table.stride
-    gh, gw = (oh - 1) * s + 1, (ow - 1) * s + 1
+    (h, w), (oh, ow), (sh, sw) = table.in_hw, table.out_hw, table.stride
+    gh, gw = (oh - 1) * sh + 1, (ow - 1) * sw + 1
     taps = []
     for t in table.taps:
         lo_h, hi_h = _valid_range(-t.dy, gh, h, 1)
         lo_w, hi_w = _valid_range(-t.dx, gw, w, 1)
         taps.append(Tap(-t.dy, -t.dx, lo_h, max(lo_h, hi_h), lo_w, max(lo_w, hi_w), t.sources))
-    return TapTable(tuple(taps), table.branches, (gh, gw), (h, w), 1)
+    return TapTable(tuple(taps), table.branches, (gh, gw), (h, w), (1, 1))
 
 
 def pack_tap_weights(weights: Sequence[torch.Tensor], table: TapTable, layout: str) -> torch.Tensor:
@@ -214,7 +214,7 @@ def input_row_bands(table: TapTable, gemm_overhead_pixels: int = 0) -> list[RowB
     takes the union of the tap ranges (again a range; the extra taps compute values that are
     never read). The best merge is found exactly by dynamic programming over the few bands.
     """
-    if table.stride != 1:
+    if table.stride != (1, 1):
         raise ValueError("input_row_bands needs a stride-1 tap table")
     width = table.in_hw[1]
     spans = [(t.oh_lo + t.dy, t.oh_hi + t.dy) for t in table.taps]
