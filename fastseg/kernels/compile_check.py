@@ -1,6 +1,6 @@
 """Ahead-of-time compile every fastseg Triton kernel in every configuration, without a GPU.
 
-    python -m fastseg.kernels.compile_check [--arch 80 90] [--dtypes fp32 bf16 fp16] [--jobs 2]
+    python -m fastseg.kernels.compile_check [--arch 80 90] [--dtypes fp32 bf16 fp16] [--jobs 2] [--quick]
 
 For each kernel, autotune configuration, input dtype and target (sm_80, sm_90) this runs the
 full Triton pipeline down to a cubin (ptxas included) and prints the registers per thread, the
@@ -134,7 +134,9 @@ def _wgrad_source(tap_conv, cfg, dtype, problem):
     return (tap_conv.tap_conv_wgrad_kernel, *_specialise(tap_conv.tap_conv_wgrad_kernel, values, consts))
 
 
-def all_jobs(archs, dtypes) -> list[Job]:
+def all_jobs(archs, dtypes, quick: bool = False) -> list[Job]:
+    """Every (kernel, configuration, dtype, arch, problem); with quick=True only the first
+    configuration of each kernel per problem (a fast smoke test of the toolchain and kernels)."""
     from fastseg.kernels import tap_conv_launch as launch
     jobs = []
     for arch in archs:
@@ -146,6 +148,8 @@ def all_jobs(archs, dtypes) -> list[Job]:
                                        SMS[arch], size, limit)
                 wgrad = launch.prune_wgrad(launch.WGRAD_CONFIGS, p["C"], p["CO"], p["T"], 2 * p["OH"] * p["OW"],
                                            SMS[arch], size, limit)
+                if quick:
+                    fwd, wgrad = fwd[:1], wgrad[:1]
                 jobs += [Job("tap_conv_fwd", cfg, dtype, arch, problem) for cfg in fwd]
                 jobs += [Job("tap_conv_wgrad", cfg, dtype, arch, problem) for cfg in wgrad]
                 jobs.append(Job("tap_conv_reduce", launch.REDUCE_BLOCK, dtype, arch, problem))
@@ -202,10 +206,11 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--quick", action="store_true", help="only the first configuration of each kernel")
     args = parser.parse_args(argv)
     # A private cache: a cached kernel skips ptxas, and its register/spill log with it.
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastseg-compile-check-")
-    jobs = all_jobs(args.arch, args.dtypes)
+    jobs = all_jobs(args.arch, args.dtypes, args.quick)
     start = time.time()
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
