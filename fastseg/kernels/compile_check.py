@@ -31,8 +31,18 @@ from dataclasses import dataclass
 
 # Shared memory per block a kernel may use (opt-in maximum), bytes.
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
-DTYPES = ("fp32", "bf16", "fp16")
-ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2}
+# "fp32" is float32 with TF32 tensor cores (torch.backends.cudnn.allow_tf32, PyTorch's default),
+# "fp32-ieee" float32 with TF32 off (exact float32 FMA).
+DTYPES = ("fp32", "fp32-ieee", "bf16", "fp16")
+ITEMSIZE = {"fp32": 4, "fp32-ieee": 4, "bf16": 2, "fp16": 2}
+
+
+def _triton_type(dtype: str) -> str:
+    return "fp32" if dtype.startswith("fp32") else dtype
+
+
+def _precision(dtype: str) -> str:
+    return {"fp32": "tf32", "fp32-ieee": "ieee"}.get(dtype, "ieee")
 SMS = {80: 108, 86: 84, 89: 128, 90: 132}  # A100, RTX 30x0, L40/RTX 40x0, H100
 
 
@@ -96,7 +106,7 @@ def _specialise(fn, values: dict, consts: dict):
 
 def _fwd_source(tap_conv, cfg, dtype, problem):
     p = PROBLEMS[problem]
-    ptr = f"*{dtype}"
+    ptr = f"*{_triton_type(dtype)}"
     xs = _nhwc_strides(1, p["C"], p["H"], p["W"])
     os_ = _nhwc_strides(1, p["CO"], p["OH"], p["OW"])
     values = dict(x_ptr=ptr, w_ptr=ptr, taps_ptr="*i32", out_ptr=ptr, part_ptr="*fp32", bias_ptr=ptr,
@@ -106,13 +116,13 @@ def _fwd_source(tap_conv, cfg, dtype, problem):
                   **{f"sx_{k}": v for k, v in xs.items()}, **{f"so_{k}": v for k, v in os_.items()},
                   **{f"sr_{k}": v for k, v in os_.items()})
     consts = dict(HAS_BIAS=True, HAS_SCALE=True, HAS_SHIFT=True, HAS_RES=True, RELU=True,
-                  DOT_PRECISION="tf32" if dtype == "fp32" else "ieee", **cfg.meta())
+                  DOT_PRECISION=_precision(dtype), **cfg.meta())
     return (tap_conv.tap_conv_fwd_kernel, *_specialise(tap_conv.tap_conv_fwd_kernel, values, consts))
 
 
 def _reduce_source(tap_conv, block, dtype, problem):
     p = PROBLEMS[problem]
-    ptr = f"*{dtype}"
+    ptr = f"*{_triton_type(dtype)}"
     os_ = _nhwc_strides(1, p["CO"], p["OH"], p["OW"])
     total = p["CO"] * p["OH"] * p["OW"]
     values = dict(part_ptr="*fp32", out_ptr=ptr, bias_ptr=ptr, scale_ptr=ptr, shift_ptr=ptr, res_ptr=ptr,
@@ -124,13 +134,13 @@ def _reduce_source(tap_conv, block, dtype, problem):
 
 def _wgrad_source(tap_conv, cfg, dtype, problem):
     p = PROBLEMS[problem]
-    ptr = f"*{dtype}"
+    ptr = f"*{_triton_type(dtype)}"
     xs = _nhwc_strides(1, p["C"], p["H"], p["W"])
     gs = _nhwc_strides(1, p["CO"], p["OH"], p["OW"])
     values = dict(x_ptr=ptr, g_ptr=ptr, taps_ptr="*i32", part_ptr="*fp32", NB=2, C=p["C"], CO=p["CO"],
                   OH=p["OH"], OW=p["OW"], sp_s=p["T"] * p["C"] * p["CO"], STRIDE_H=1, STRIDE_W=1,
                   **{f"sx_{k}": v for k, v in xs.items()}, **{f"sg_{k}": v for k, v in gs.items()})
-    consts = dict(DOT_PRECISION="tf32" if dtype == "fp32" else "ieee", **cfg.meta())
+    consts = dict(DOT_PRECISION=_precision(dtype), **cfg.meta())
     return (tap_conv.tap_conv_wgrad_kernel, *_specialise(tap_conv.tap_conv_wgrad_kernel, values, consts))
 
 
@@ -217,11 +227,11 @@ def main(argv=None) -> int:
             results = list(pool.map(compile_one, jobs))
     else:
         results = [compile_one(j) for j in jobs]
-    print(f"{'kernel':16} {'problem':8} {'arch':5} {'dtype':5} {'regs':>4} {'spill st/ld':>12} {'shared':>7} {'s':>5}  config")
+    print(f"{'kernel':16} {'problem':8} {'arch':5} {'dtype':9} {'regs':>4} {'spill st/ld':>12} {'shared':>7} {'s':>5}  config")
     for r in results:
         j = r.job
         status = "" if r.ok else f"  FAILED: {r.error}"
-        print(f"{j.kernel:16} {j.problem:8} sm_{j.arch:<2} {j.dtype:5} {r.regs:4d} {r.spill_stores:5d}/{r.spill_loads:<6d} "
+        print(f"{j.kernel:16} {j.problem:8} sm_{j.arch:<2} {j.dtype:9} {r.regs:4d} {r.spill_stores:5d}/{r.spill_loads:<6d} "
               f"{r.shared:7d} {r.seconds:5.1f}  {_describe(j.config)}{status}")
     failed = [r for r in results if not r.ok]
     spilling = [r for r in results if r.ok and (r.spill_stores > 0 or r.spill_loads > 0)]
