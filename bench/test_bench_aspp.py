@@ -47,7 +47,7 @@ def _nominal_flops(batch, size, classes):
 def _pruned_fraction(size):
     """The share of the nominal 36-tap work fastseg's CPU path actually does at this size."""
     table = aspp_tap_table(RATES, (size, size))
-    bands = input_row_bands(table, aspp_cpu.GEMM_OVERHEAD_PIXELS)
+    bands = input_row_bands(table, aspp_cpu.GEMM_OVERHEAD // classes)
     work = sum((b.tap_hi - b.tap_lo) * (b.row_hi - b.row_lo) for b in bands) * size
     return work / (table.n_kernel_positions * size * size)
 
@@ -111,7 +111,7 @@ def test_fastseg(benchmark, shape_id):
     r.update(fastseg=t, max_abs_diff=diff)
     info = benchmark.extra_info
     info["max_abs_diff"] = diff
-    info["work_fraction_after_pruning"] = _pruned_fraction(size)
+    info["work_fraction_after_pruning"] = _pruned_fraction(size, classes)
     info["nominal_gflop_per_s"] = _nominal_flops(batch, size, classes) / t / 1e9
     if "reference" in r:
         info["speedup_vs_reference"] = r["reference"] / t

@@ -203,3 +203,25 @@ def test_module_rejects_bad_constructor_arguments():
         fastseg.ASPP(8, 21, (6, -12))
     with pytest.raises(ValueError, match="rates must hold"):
         fastseg.ASPP(8, 21, ())
+
+
+@pytest.mark.parametrize("overhead", [0, 10 ** 6])
+def test_tap_chunking_and_band_merging_paths(monkeypatch, overhead):
+    """The CPU path splits a band's taps into several GEMMs when the projection exceeds the
+    workspace budget, and merges or keeps row bands by its cost model: every combination must
+    give the reference's forward and gradients."""
+    from fastseg.kernels import aspp_cpu
+    monkeypatch.setattr(aspp_cpu, "WORKSPACE_BYTES", 4096)
+    monkeypatch.setattr(aspp_cpu, "GEMM_OVERHEAD", overhead)
+    aspp_cpu._plan.cache_clear()
+    try:
+        x = _features((2, 8, 23, 21), seed=20).requires_grad_()
+        weights, biases = _branches(8, 6, 4, seed=21)
+        params = [p.requires_grad_() for p in weights + biases]
+        out, ref = fastseg.aspp(x, weights, biases, RATES), aspp_reference(x, weights, biases, RATES)
+        assert_close_to_scale(out, ref)
+        g = _features(out.shape, seed=22) - 0.5
+        for a, b in zip(torch.autograd.grad(out, [x, *params], g), torch.autograd.grad(ref, [x, *params], g)):
+            assert_close_to_scale(a, b)
+    finally:
+        aspp_cpu._plan.cache_clear()

@@ -20,15 +20,18 @@ All functions take and return plain tensors; argument checking happens in the pu
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
 
 from fastseg.kernels.taps import TapTable, aspp_tap_table, input_row_bands, pack_tap_weights, unpack_tap_grads
 
-# Each GEMM costs about as much as this many extra pixel columns (measured on the 2-core AVX-512
-# development machine): narrow row bands are merged when their extra rows cost less than that.
-GEMM_OVERHEAD_PIXELS = 256
+# The per-GEMM overhead of the band cost model, in "pixel columns x classes": a GEMM costs about
+# as much as GEMM_OVERHEAD / Cout extra pixel columns. Fitted on the 2-core AVX-512 development
+# machine: with 21 classes merging bands down to ~512-pixel overhead was fastest (65x65: 37 ms
+# against 46 ms with every band separate), with 182 classes keeping the bands separate was.
+GEMM_OVERHEAD = 512 * 21
 
 # Largest projection buffer (bytes) per GEMM. A band's taps are split into chunks below this so
 # that the buffer is reused from the heap instead of being mapped (and page-faulted) afresh on
@@ -39,7 +42,7 @@ WORKSPACE_BYTES = 16 << 20
 
 def _chunks(table: TapTable, cout: int, width: int, itemsize: int):
     """(band, tap_lo, tap_hi): each band's tap range, split so one projection fits the budget."""
-    for band in input_row_bands(table, GEMM_OVERHEAD_PIXELS):
+    for band in input_row_bands(table, GEMM_OVERHEAD // cout):
         per_tap = cout * (band.row_hi - band.row_lo) * width * itemsize
         step = max(1, WORKSPACE_BYTES // per_tap)
         for lo in range(band.tap_lo, band.tap_hi, step):
@@ -62,56 +65,63 @@ def _tap_rows(table: TapTable, band, tap_lo: int, tap_hi: int):
         yield j, out_win, band_win
 
 
-def _workspace(table: TapTable, cout: int, width: int, like: torch.Tensor) -> torch.Tensor:
-    size = max((hi - lo) * cout * (b.row_hi - b.row_lo) * width
-               for b, lo, hi in _chunks(table, cout, width, like.element_size()))
-    return torch.empty(size, dtype=like.dtype, device=like.device)
+@functools.lru_cache(maxsize=64)
+def _plan(rates: tuple, hw: tuple, cout: int, itemsize: int):
+    """Everything about a call that depends only on its sizes: the tap table, the GEMM chunks
+    with each chunk's shift windows, and the workspace size. Pure Python; cached."""
+    table = aspp_tap_table(rates, hw)
+    if len(table) == 0:
+        return table, (), 0
+    chunks = tuple((band, lo, hi, tuple(_tap_rows(table, band, lo, hi)))
+                   for band, lo, hi in _chunks(table, cout, hw[1], itemsize))
+    size = max((hi - lo) * cout * (b.row_hi - b.row_lo) * hw[1] for b, lo, hi, _ in chunks)
+    return table, chunks, size
 
 
 def aspp_forward(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
                  rates: Sequence[int]) -> torch.Tensor:
     n, cin, h, w = x.shape
     cout = weights[0].shape[0]
-    table = aspp_tap_table(rates, (h, w))
+    table, chunks, ws_size = _plan(tuple(rates), (h, w), cout, x.element_size())
     out = torch.empty((n, cout, h, w), dtype=x.dtype, device=x.device)
     out.copy_(torch.stack(list(biases)).sum(0).view(1, cout, 1, 1).expand_as(out))
     if len(table) == 0:
         return out
     w_taps = pack_tap_weights(weights, table, "oi").reshape(len(table) * cout, cin)
     xm = x.flatten(2)  # a view for NCHW and channels_last: BLAS takes either orientation
-    ws = _workspace(table, cout, w, x)
+    ws = torch.empty(ws_size, dtype=x.dtype, device=x.device)
     for img in range(n):
-        for band, lo, hi in _chunks(table, cout, w, x.element_size()):
+        for band, lo, hi, windows in chunks:
             rows = band.row_hi - band.row_lo
             y = ws[: (hi - lo) * cout * rows * w].view((hi - lo) * cout, rows * w)
             torch.mm(w_taps[lo * cout:hi * cout], xm[img, :, band.row_lo * w:band.row_hi * w], out=y)
             y_maps = y.view(hi - lo, cout, rows, w)
-            for j, (oh, ow), (bh, bw) in _tap_rows(table, band, lo, hi):
+            for j, (oh, ow), (bh, bw) in windows:
                 out[img, :, oh, ow] += y_maps[j, :, bh, bw]
     return out
 
 
-def _fill_shifted_grad(z_maps: torch.Tensor, grad_img: torch.Tensor, table: TapTable, band, lo, hi):
+def _fill_shifted_grad(z_maps: torch.Tensor, grad_img: torch.Tensor, windows):
     """Z_t = the output gradient moved back by tap t's offset, on the band's rows (zero elsewhere)."""
     z_maps.zero_()
-    for j, (oh, ow), (bh, bw) in _tap_rows(table, band, lo, hi):
+    for j, (oh, ow), (bh, bw) in windows:
         z_maps[j, :, bh, bw] = grad_img[:, oh, ow]
 
 
 def aspp_grad_input(grad: torch.Tensor, weights: Sequence[torch.Tensor], rates: Sequence[int],
                     in_channels: int) -> torch.Tensor:
     n, cout, h, w = grad.shape
-    table = aspp_tap_table(rates, (h, w))
+    table, chunks, ws_size = _plan(tuple(rates), (h, w), cout, grad.element_size())
     dx = torch.zeros((n, in_channels, h * w), dtype=grad.dtype, device=grad.device)
     if len(table) == 0:
         return dx.view(n, in_channels, h, w)
     w_taps = pack_tap_weights(weights, table, "oi").reshape(len(table) * cout, in_channels)
-    ws = _workspace(table, cout, w, grad)
+    ws = torch.empty(ws_size, dtype=grad.dtype, device=grad.device)
     for img in range(n):
-        for band, lo, hi in _chunks(table, cout, w, grad.element_size()):
+        for band, lo, hi, windows in chunks:
             rows = band.row_hi - band.row_lo
             z = ws[: (hi - lo) * cout * rows * w].view((hi - lo) * cout, rows * w)
-            _fill_shifted_grad(z.view(hi - lo, cout, rows, w), grad[img], table, band, lo, hi)
+            _fill_shifted_grad(z.view(hi - lo, cout, rows, w), grad[img], windows)
             cols = slice(band.row_lo * w, band.row_hi * w)
             dx[img, :, cols].addmm_(w_taps[lo * cout:hi * cout].t(), z)
     return dx.view(n, in_channels, h, w)
@@ -121,15 +131,15 @@ def aspp_grad_weights(grad: torch.Tensor, x: torch.Tensor, weight_shapes: Sequen
                       rates: Sequence[int]) -> list[torch.Tensor]:
     n, cin, h, w = x.shape
     cout = grad.shape[1]
-    table = aspp_tap_table(rates, (h, w))
+    table, chunks, ws_size = _plan(tuple(rates), (h, w), cout, grad.element_size())
     dw = torch.zeros((len(table) * cout, cin), dtype=grad.dtype, device=grad.device)
     if len(table):
         xm = x.flatten(2)
-        ws = _workspace(table, cout, w, grad)
+        ws = torch.empty(ws_size, dtype=grad.dtype, device=grad.device)
         for img in range(n):
-            for band, lo, hi in _chunks(table, cout, w, grad.element_size()):
+            for band, lo, hi, windows in chunks:
                 rows = band.row_hi - band.row_lo
                 z = ws[: (hi - lo) * cout * rows * w].view((hi - lo) * cout, rows * w)
-                _fill_shifted_grad(z.view(hi - lo, cout, rows, w), grad[img], table, band, lo, hi)
+                _fill_shifted_grad(z.view(hi - lo, cout, rows, w), grad[img], windows)
                 dw[lo * cout:hi * cout].addmm_(z, xm[img, :, band.row_lo * w:band.row_hi * w].t())
     return unpack_tap_grads(dw.view(len(table), cout, cin), table, weight_shapes, "oi")

@@ -169,8 +169,11 @@ def pack_tap_weights(weights: Sequence[torch.Tensor], table: TapTable, layout: s
         return weights[0].new_zeros((0, cout, cin) if layout == "oi" else (0, cin, cout))
     packed = torch.stack([tap_slice(*tap.sources[0]) for tap in table.taps])
     for i, tap in enumerate(table.taps):
-        for src in tap.sources[1:]:  # merged taps (the shared ASPP centre): sum in place
-            packed[i] += tap_slice(*src)
+        if len(tap.sources) > 1:  # merged taps (the shared ASPP centre): sum, in float32 at least
+            acc = tap_slice(*tap.sources[0]).to(torch.promote_types(packed.dtype, torch.float32))
+            for src in tap.sources[1:]:
+                acc = acc + tap_slice(*src)
+            packed[i] = acc
     return packed
 
 

@@ -32,7 +32,7 @@ def _forward_triton(input, weights, biases, rates):
     table = aspp_tap_table(rates, tuple(input.shape[2:]))
     return tap_conv_launch.conv_forward(
         _nhwc(input), pack_tap_weights(weights, table, "io"), table,
-        bias=torch.stack(list(biases)).sum(0))
+        bias=torch.stack(list(biases)).sum(0, dtype=torch.promote_types(input.dtype, torch.float32)).to(input.dtype))
 
 
 @torch.library.custom_op("fastseg::aspp", mutates_args=(), device_types="cpu")
