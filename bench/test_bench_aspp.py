@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import fastseg
-from fastseg.kernels.taps import aspp_tap_table, input_row_bands
 from fastseg.kernels import aspp_cpu
 from fastseg.reference import ReferenceASPP
 
@@ -44,11 +43,10 @@ def _nominal_flops(batch, size, classes):
     return 2 * batch * size * size * 2048 * classes * 9 * len(RATES)
 
 
-def _pruned_fraction(size):
-    """The share of the nominal 36-tap work fastseg's CPU path actually does at this size."""
-    table = aspp_tap_table(RATES, (size, size))
-    bands = input_row_bands(table, aspp_cpu.GEMM_OVERHEAD // classes)
-    work = sum((b.tap_hi - b.tap_lo) * (b.row_hi - b.row_lo) for b in bands) * size
+def _pruned_fraction(size, classes):
+    """The share of the nominal 36-tap work that fastseg's CPU plan actually computes."""
+    table, chunks, _ = aspp_cpu._plan(RATES, (size, size), classes, 4)
+    work = sum((hi - lo) * (band.row_hi - band.row_lo) * size for band, lo, hi, _ in chunks)
     return work / (table.n_kernel_positions * size * size)
 
 

@@ -14,7 +14,7 @@ SHAPES = {  # id: (channels, rate) — layer4's conv3x3 (256, rate 2) and layer5
     "256-r2-65x65": (256, 2),
     "512-r4-65x65": (512, 4),
 }
-ROUNDS = 10
+ROUNDS = 20
 
 
 def _setup(shape_id):
