@@ -31,8 +31,9 @@ def _setup(shape_id):
     return x, conv.weight.detach(), bn, rate
 
 
-@pytest.mark.parametrize("shape_id", list(SHAPES))
+# The decorator nearest the function varies slowest: each shape's pair runs back to back.
 @pytest.mark.parametrize("impl", ["reference: F.conv2d", "fastseg.atrous_conv2d"])
+@pytest.mark.parametrize("shape_id", list(SHAPES))
 def test_conv(benchmark, shape_id, impl):
     x, w, _, rate = _setup(shape_id)
     benchmark.group = f"atrous-cpu conv {shape_id}"
@@ -47,8 +48,8 @@ def test_conv(benchmark, shape_id, impl):
         benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("shape_id", list(SHAPES))
 @pytest.mark.parametrize("impl", ["reference: conv -> BN -> ReLU", "fastseg.atrous_conv2d fused BN+ReLU"])
+@pytest.mark.parametrize("shape_id", list(SHAPES))
 def test_conv_bn_relu(benchmark, shape_id, impl):
     x, w, bn, rate = _setup(shape_id)
     benchmark.group = f"atrous-cpu conv+bn+relu {shape_id}"
