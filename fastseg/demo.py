@@ -59,12 +59,11 @@ def crf_rows(photo_name: str, n_labels: int, repeats: int) -> List[str]:
 
 
 def aspp_rows(repeats: int) -> List[str]:
-    """The ASPP comparison, when fastseg has an ASPP (see fastseg.aspp)."""
-    try:
-        from fastseg.demo_aspp import compare
-    except ImportError:
-        return []
-    return compare(repeats=repeats)
+    """fastseg.ASPP against four nn.Conv2d summed (see fastseg.demo_aspp)."""
+    from fastseg.demo_aspp import compare, format_result
+
+    return [format_result(compare(classes=c, size=s, batch=b, repeats=max(repeats, 3)))
+            for c, s, b in ((21, 65, 1), (21, 41, 4), (182, 65, 1))]
 
 
 def main(argv=None) -> int:
@@ -78,13 +77,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     print(f"fastseg demo: torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
-    rows = []
-    for n_labels in args.labels:
-        rows += crf_rows("astronaut", n_labels, args.repeats)
-    rows += crf_rows("coffee", 21, args.repeats)
-    rows += aspp_rows(args.repeats)
-    for row in rows:
-        print(row)
+    comparisons = [lambda n=n: crf_rows("astronaut", n, args.repeats) for n in args.labels]
+    comparisons += [lambda: crf_rows("coffee", 21, args.repeats),
+                    lambda: aspp_rows(args.repeats)]
+    for comparison in comparisons:
+        for row in comparison():
+            print(row, flush=True)
     return 0
 
 
