@@ -134,9 +134,13 @@ def test_operators_pass_opcheck(chelsea):
         (u, None, *[[t] for t in lat.index_tensors], [s], [s], [torch.full((4,), 2.0)], 3))
 
 
-def test_build_and_filter_are_deterministic_across_thread_counts(astronaut, restore_threads):
-    feats = photo_features(astronaut, "bilateral")
-    x = torch.rand(feats.shape[0], 21, generator=torch.Generator().manual_seed(3))
+@pytest.mark.parametrize("kind,m", [("bilateral", 21), ("gaussian", 21), ("gaussian", 3)])
+def test_build_and_filter_are_deterministic_across_thread_counts(astronaut, restore_threads,
+                                                                 kind, m):
+    # One thread and two take different code paths (scatter vs gather splat; the gaussian
+    # lattice's single-sweep blur vs parallel passes) that must give the same bits.
+    feats = photo_features(astronaut, kind)
+    x = torch.rand(feats.shape[0], m, generator=torch.Generator().manual_seed(3))
     runs = []
     for n_threads in (1, 2, 1):
         torch.set_num_threads(n_threads)

@@ -34,6 +34,7 @@ struct LatticeView {
   const float* in_scale = nullptr;         // (N,) or null
   const float* out_scale = nullptr;        // (N,) or null
   float alpha = 1.f;                       // 1 / (1 + 2^-d)
+  int64_t neighbor_reach = -1;             // max |neighbour - vertex| (make_view computes it)
 };
 
 // Tensors must be contiguous and stay alive while the view is used.
@@ -45,12 +46,14 @@ LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
 // buf = splat(in_scale * values); the zero row V is written too.
 void splat(const LatticeView& lat, const float* values, int64_t s, float* buf);
 
-// The splats of several terms at once. Each term's splat runs on one thread in scatter form
-// (points in order add to their vertices: the same bits as splat(), but streaming through
-// the values instead of gathering scattered rows) when that keeps every thread busy (one
-// thread, or several terms to share among threads); otherwise the parallel splat().
-void splat_terms(const LatticeView* const* lats, int n_terms, const float* values, int64_t s,
-                 float* const* bufs);
+// Splat `values` into every term's buffer and blur it: afterwards bufs[t] holds term t's
+// filtered vertex values, (V+1, s) with row V zero; buffers may have been swapped with *spare.
+// Terms are splatted one thread each in scatter form (points in order add to their vertices:
+// the same bits as splat(), streaming through the values) when that keeps every thread busy,
+// and blurred in one cache-resident sweep when their neighbours are close in memory (the same
+// bits as blur()); otherwise by the parallel splat() and blur().
+void splat_and_blur(const LatticeView* const* lats, int n_terms, const float* values, int64_t s,
+                    float** bufs, float** spare, bool reverse);
 
 // d+1 blur passes ping-ponging between a (holding the splat) and b; returns the one holding
 // the result. Directions run 0..d, or d..0 when reverse (the transposed filter).

@@ -34,9 +34,9 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
   cpu::pad_rows(values.data_ptr<float>(), n, m, s, padded.data_ptr<float>());
   const cpu::LatticeView* lats[] = {&lat};
   float* bufs[] = {buf_a.data_ptr<float>()};
-  cpu::splat_terms(lats, 1, padded.data_ptr<float>(), s, bufs);
-  const float* result =
-      cpu::blur(lat, buf_a.data_ptr<float>(), buf_b.data_ptr<float>(), s, reverse);
+  float* spare = buf_b.data_ptr<float>();
+  cpu::splat_and_blur(lats, 1, padded.data_ptr<float>(), s, bufs, &spare, reverse);
+  const float* result = bufs[0];
   cpu::slice(lat, result, s, padded.data_ptr<float>());
   cpu::unpad_rows(padded.data_ptr<float>(), n, m, s, out.data_ptr<float>());
   return out;

@@ -94,10 +94,9 @@ at::Tensor mean_field_cpu(const at::Tensor& unary_in, const c10::optional<at::Te
   for (const auto& v : views) view_ptrs.push_back(&v);
   std::vector<cpu::TermUpdate> updates(n_terms);
   for (int64_t it = 0; it < iterations; ++it) {
-    cpu::splat_terms(view_ptrs.data(), n_terms, q.data_ptr<float>(), s, buf.data());
+    cpu::splat_and_blur(view_ptrs.data(), n_terms, q.data_ptr<float>(), s, buf.data(),
+                        &buf[n_terms], /*reverse=*/false);
     for (int t = 0; t < n_terms; ++t) {
-      float* blurred = cpu::blur(views[t], buf[t], buf[n_terms], s, /*reverse=*/false);
-      if (blurred != buf[t]) std::swap(buf[t], buf[n_terms]);
       updates[t] = {&views[t], buf[t], nullptr, nullptr};
       if (compats_padded[t].dim() == 2) {
         cpu::slice(views[t], buf[t], s, filtered[t].data_ptr<float>());
