@@ -1,5 +1,4 @@
 """The native permutohedral lattice against the plain-PyTorch reference, tensor by tensor."""
-import numpy as np
 import pytest
 import torch
 

@@ -2,18 +2,11 @@
 import pytest
 import torch
 
-from fastseg.crf.features import bilateral_features, gaussian_features
 from fastseg.ops import build_lattice, mean_field, permutohedral_filter
 from fastseg.reference.permutohedral import build_lattice_reference
+from test_lattice import photo_features
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def photo_features(image, kind):
-    t = torch.from_numpy(image)
-    if kind == "gaussian":
-        return gaussian_features(t.shape[0], t.shape[1], 1.0, 1.0)
-    return bilateral_features(t, 67.0, 67.0, (3.0, 3.0, 3.0))
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "bilateral"])

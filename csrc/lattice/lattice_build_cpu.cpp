@@ -2,9 +2,8 @@
 //
 // The steps mirror the CUDA build (lattice_build_cuda.cu) and share its per-point and hash
 // table code: embed every point, insert every (point, vertex) entry into the lock-free table,
-// number vertices by first use (a prefix sum over "first entry of its key" flags), find each
-// vertex's blur neighbours, and build the transposed (vertex -> point) index used for
-// gather-based splatting. Neighbours are found by a sort and merge where the keys allow it
+// number vertices by first use, find each vertex's blur neighbours, and build the transposed
+// (vertex -> point) index used for gather-based splatting. Neighbours are found by a sort and merge where the keys allow it
 // (faster on a CPU, same result), by the table otherwise. Every step's output is independent
 // of the number of threads.
 #include <ATen/Parallel.h>
@@ -29,7 +28,6 @@ namespace lattice {
 namespace {
 
 constexpr int64_t kGrain = 4096;
-
 
 template <typename T>
 void embed_points(const float* features, int64_t n, int d, int32_t* rem0, int8_t* rank,
@@ -81,6 +79,10 @@ bool insert_entries(const SimplexStore& store, int64_t n_entries, uint64_t* tabl
       for (int i = 0; i < nb; ++i) {
         store.entry_key(b0 + i, keys[i]);
         hashes[i] = hash_key(keys[i], d);
+        const uint64_t cached = cache[hashes[i] & ((1u << kCacheBits) - 1)].word;
+        if (cached == kEmptySlot || slot_hash(cached) != hashes[i]) {  // will go to the table
+          __builtin_prefetch(table + (hashes[i] & (capacity - 1)), 1);
+        }
       }
       for (int i = 0; i < nb; ++i) {
         const int64_t e = b0 + i;
@@ -119,9 +121,8 @@ bool insert_entries(const SimplexStore& store, int64_t n_entries, uint64_t* tabl
 // first, so only they read the table; every other entry already names an earlier entry with
 // its key. One ordered pass then numbers first entries and gives every other entry the number
 // of the earlier entry it names, which is already set. Returns the number of vertices.
-int64_t number_vertices(const SimplexStore& store, int64_t n_entries, const uint64_t* table,
-                        const uint32_t* entry_slot, int32_t* vertex_of_entry,
-                        std::vector<int32_t>& first_entries) {
+int64_t number_vertices(int64_t n_entries, const uint64_t* table, const uint32_t* entry_slot,
+                        int32_t* vertex_of_entry, std::vector<int32_t>& first_entries) {
   auto is_first = scratch_large<uint8_t>(n_entries);
   at::parallel_for(0, n_entries, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t e = begin; e < end; ++e) {
@@ -358,7 +359,7 @@ LatticeTensors permutohedral_build_cpu(const at::Tensor& features_in) {
   }
 
   std::vector<int32_t> first_entries;
-  const int64_t nv = number_vertices(store, n_entries, table.data(), entry_slot.get(),
+  const int64_t nv = number_vertices(n_entries, table.data(), entry_slot.get(),
                                      vertices.data_ptr<int32_t>(), first_entries);
   at::Tensor keys = at::empty({nv, d}, int_opts);
   write_vertex_keys(store, first_entries, keys.data_ptr<int32_t>());
