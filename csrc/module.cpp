@@ -4,7 +4,7 @@
 
 PyMODINIT_FUNC PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "fastseg._C",
-                               "fastseg native operators (registered under torch.ops.fastseg)",
-                               -1, nullptr};
+                               "fastseg native operators (registered under torch.ops.fastseg)", -1,
+                               nullptr};
   return PyModule_Create(&module);
 }

@@ -12,8 +12,7 @@
 // Contraction is off (setup.py), and no loop reassociates a sum, so every clone computes the
 // same bits.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define FASTSEG_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define FASTSEG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FASTSEG_CLONES
 #endif
@@ -68,8 +67,8 @@ FASTSEG_INLINE void prefetch_row(const float* row, int64_t s) {
 }
 
 template <int W>
-FASTSEG_INLINE void splat_range_w(const LatticeView& lat, const float* values, int64_t s, float* buf,
-                          int64_t v_begin, int64_t v_end) {
+FASTSEG_INLINE void splat_range_w(const LatticeView& lat, const float* values, int64_t s,
+                                  float* buf, int64_t v_begin, int64_t v_end) {
   using F = typename Vec<W>::f;
   const int64_t e_end = lat.splat_offsets[v_end];
   for (int64_t v = v_begin; v < v_end; ++v) {
@@ -95,8 +94,8 @@ FASTSEG_INLINE void splat_range_w(const LatticeView& lat, const float* values, i
   }
 }
 
-FASTSEG_CLONES void splat_range(const LatticeView& lat, const float* values, int64_t s,
-                                float* buf, int64_t v_begin, int64_t v_end) {
+FASTSEG_CLONES void splat_range(const LatticeView& lat, const float* values, int64_t s, float* buf,
+                                int64_t v_begin, int64_t v_end) {
   if (s % 8 == 0) {
     splat_range_w<8>(lat, values, s, buf, v_begin, v_end);
   } else {
@@ -125,7 +124,8 @@ FASTSEG_INLINE void splat_scatter_w(const LatticeView& lat, const float* values,
           store<W>(dst + k, load<W>(dst + k) + w * (load<W>(src + k) * sc));
         }
       } else {
-        for (int64_t k = 0; k < s; k += W) store<W>(dst + k, load<W>(dst + k) + w * load<W>(src + k));
+        for (int64_t k = 0; k < s; k += W)
+          store<W>(dst + k, load<W>(dst + k) + w * load<W>(src + k));
       }
     }
   }
@@ -148,8 +148,8 @@ FASTSEG_CLONES void splat_scatter(const LatticeView& lat, const float* values, i
 // input buffer, whose rows pass 0 no longer needs by then (it is 2d >= 2 blocks ahead). Each
 // value is computed by the same expression from the same inputs as blur_range: same bits.
 struct SweepPlan {
-  int64_t block;     // B
-  int64_t ring;      // rows per ring buffer, a power of two >= 4B
+  int64_t block;  // B
+  int64_t ring;   // rows per ring buffer, a power of two >= 4B
 };
 
 template <int W>
@@ -210,7 +210,7 @@ bool plan_sweep(const LatticeView& lat, int64_t s, SweepPlan* plan) {
 
 template <int W>
 FASTSEG_INLINE void blur_range_w(const int32_t* nb, const float* src, float* dst, int64_t s,
-                         int64_t v_begin, int64_t v_end) {
+                                 int64_t v_begin, int64_t v_end) {
   for (int64_t v = v_begin; v < v_end; ++v) {
     if (v + kAhead < v_end) {
       prefetch_row(src + static_cast<int64_t>(nb[2 * (v + kAhead)]) * s, s);
@@ -238,7 +238,7 @@ FASTSEG_CLONES void blur_range(const int32_t* nb, const float* src, float* dst, 
 // out = out_scale[p] * sum_r (alpha w_r) buf[vertex_r], accumulated from zero in vertex order.
 template <int W>
 FASTSEG_INLINE void slice_point(const LatticeView& lat, const float* buf, int64_t s, int64_t p,
-                        float* out) {
+                                float* out) {
   using F = typename Vec<W>::f;
   const int dp1 = lat.d + 1;
   const int32_t* vert = lat.vertices + p * dp1;
@@ -308,7 +308,8 @@ FASTSEG_INLINE float lane_max(typename Vec<W>::f v) {
   float lanes[W];
   std::memcpy(lanes, &v, sizeof(lanes));
   for (int width = W / 2; width > 0; width /= 2) {
-    for (int i = 0; i < width; ++i) lanes[i] = lanes[i] > lanes[i + width] ? lanes[i] : lanes[i + width];
+    for (int i = 0; i < width; ++i)
+      lanes[i] = lanes[i] > lanes[i + width] ? lanes[i] : lanes[i + width];
   }
   return lanes[0];
 }
@@ -352,8 +353,8 @@ FASTSEG_INLINE void softmax_rows(float* rows, int64_t n_rows, int64_t m, int64_t
 
 // Logits of point p: -unary + every term's message, written into q's row.
 template <int W>
-FASTSEG_INLINE void logits_point(const TermUpdate* terms, int n_terms, const float* unary, int64_t s,
-                         float* q, float* scratch, int64_t p) {
+FASTSEG_INLINE void logits_point(const TermUpdate* terms, int n_terms, const float* unary,
+                                 int64_t s, float* q, float* scratch, int64_t p) {
   float* row = q + p * s;
   const float* u = unary + p * s;
   for (int64_t k = 0; k < s; k += W) store<W>(row + k, -load<W>(u + k));
@@ -378,14 +379,16 @@ FASTSEG_INLINE void prefetch_point(const TermUpdate* terms, int n_terms, int64_t
     if (terms[t].dense_message != nullptr) continue;
     const LatticeView& lat = *terms[t].lattice;
     for (int r = 0; r <= lat.d; ++r) {
-      prefetch_row(terms[t].result + static_cast<int64_t>(lat.vertices[p * (lat.d + 1) + r]) * s, s);
+      prefetch_row(terms[t].result + static_cast<int64_t>(lat.vertices[p * (lat.d + 1) + r]) * s,
+                   s);
     }
   }
 }
 
 template <int W>
-FASTSEG_INLINE void update_range_w(const TermUpdate* terms, int n_terms, const float* unary, int64_t m,
-                           int64_t s, float* q, float* scratch, int64_t p_begin, int64_t p_end) {
+FASTSEG_INLINE void update_range_w(const TermUpdate* terms, int n_terms, const float* unary,
+                                   int64_t m, int64_t s, float* q, float* scratch, int64_t p_begin,
+                                   int64_t p_end) {
   for (int64_t b = p_begin; b < p_end; b += kSoftmaxBlock) {
     const int64_t b_end = std::min(p_end, b + kSoftmaxBlock);
     for (int64_t p = b; p < b_end; ++p) {
@@ -408,7 +411,7 @@ FASTSEG_CLONES void update_range(const TermUpdate* terms, int n_terms, const flo
 
 template <int W>
 FASTSEG_INLINE void softmax_neg_range_w(const float* unary, int64_t m, int64_t s, float* q,
-                                int64_t p_begin, int64_t p_end) {
+                                        int64_t p_begin, int64_t p_end) {
   for (int64_t b = p_begin; b < p_end; b += kSoftmaxBlock) {
     const int64_t b_end = std::min(p_end, b + kSoftmaxBlock);
     for (int64_t k = b * s; k < b_end * s; k += W) store<W>(q + k, -load<W>(unary + k));
@@ -510,18 +513,16 @@ float* blur(const LatticeView& lat, float* a, float* b, int64_t s, bool reverse)
   for (int step = 0; step <= lat.d; ++step) {
     const int j = reverse ? lat.d - step : step;
     const int32_t* nb = lat.neighbors + static_cast<int64_t>(j) * nv * 2;
-    at::parallel_for(0, nv, kGrain, [&](int64_t begin, int64_t end) {
-      blur_range(nb, a, b, s, begin, end);
-    });
+    at::parallel_for(0, nv, kGrain,
+                     [&](int64_t begin, int64_t end) { blur_range(nb, a, b, s, begin, end); });
     std::swap(a, b);
   }
   return a;
 }
 
 void slice(const LatticeView& lat, const float* buf, int64_t s, float* out) {
-  at::parallel_for(0, lat.n_points, kGrain, [&](int64_t begin, int64_t end) {
-    slice_range(lat, buf, s, out, begin, end);
-  });
+  at::parallel_for(0, lat.n_points, kGrain,
+                   [&](int64_t begin, int64_t end) { slice_range(lat, buf, s, out, begin, end); });
 }
 
 void update_rows(const TermUpdate* terms, int n_terms, const float* unary, int64_t n, int64_t m,

@@ -66,9 +66,9 @@ void slice(const LatticeView& lat, const float* buf, int64_t s, float* out);
 // compat padded to length s with zeros) or through a precomputed dense (N, s) message.
 struct TermUpdate {
   const LatticeView* lattice;
-  const float* result;        // blurred vertex values (V+1, m)
-  const float* label_compat;  // (s,) or null
-  const float* dense_message; // (N, s) or null
+  const float* result;         // blurred vertex values (V+1, m)
+  const float* label_compat;   // (s,) or null
+  const float* dense_message;  // (N, s) or null
 };
 
 // For every point: logits = -unary + sum over terms, then Q = softmax(logits) over the first m

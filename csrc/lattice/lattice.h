@@ -22,9 +22,8 @@
 // for any thread count, on the CPU and (without float atomics) on the GPU.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <ATen/core/List.h>
+#include <ATen/core/Tensor.h>
 
 #include <tuple>
 #include <vector>
@@ -32,8 +31,8 @@
 namespace fastseg {
 namespace lattice {
 
-using LatticeTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                  at::Tensor, at::Tensor>;
+using LatticeTensors =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // Checks shared by both devices; the Python layer has already given friendlier messages.
 void check_features(const at::Tensor& features);

@@ -3,9 +3,9 @@
 // The steps mirror the CUDA build (lattice_build_cuda.cu) and share its per-point and hash
 // table code: embed every point, insert every (point, vertex) entry into the lock-free table,
 // number vertices by first use, find each vertex's blur neighbours, and build the transposed
-// (vertex -> point) index used for gather-based splatting. Neighbours are found by a sort and merge where the keys allow it
-// (faster on a CPU, same result), by the table otherwise. Every step's output is independent
-// of the number of threads.
+// (vertex -> point) index used for gather-based splatting. Neighbours are found by a sort and merge
+// where the keys allow it (faster on a CPU, same result), by the table otherwise. Every step's
+// output is independent of the number of threads.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
@@ -58,8 +58,8 @@ constexpr int kBatch = 16;
 // Neighbouring points mostly share vertices, so each thread keeps a small direct-mapped cache
 // of the keys it has seen: a hit names an earlier entry with the key, whose slot can then only
 // hold that entry or an earlier one, so the table need not be touched at all.
-bool insert_entries(const SimplexStore& store, int64_t n_entries, uint64_t* table,
-                    int64_t capacity, uint32_t* entry_slot, int32_t* seen_owner) {
+bool insert_entries(const SimplexStore& store, int64_t n_entries, uint64_t* table, int64_t capacity,
+                    uint32_t* entry_slot, int32_t* seen_owner) {
   constexpr int kCacheBits = 12;
   struct CacheLine {
     uint64_t word;  // make_slot(hash, entry) of an entry with this key, or kEmptySlot
@@ -157,8 +157,8 @@ void write_vertex_keys(const SimplexStore& store, const std::vector<int32_t>& fi
 
 // Transposed index: for each vertex, its entries in entry (= point) order. Each task owns a
 // contiguous range of vertices and scans all entries, so the fill is parallel and stable.
-void build_splat_index(const int32_t* vertex_of_entry, const float* bary, int64_t n_entries,
-                       int d, int64_t nv, int64_t* offsets, int32_t* points, float* weights) {
+void build_splat_index(const int32_t* vertex_of_entry, const float* bary, int64_t n_entries, int d,
+                       int64_t nv, int64_t* offsets, int32_t* points, float* weights) {
   const int64_t n_tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), 8));
   auto task_range = [&](int64_t t) {
     return std::make_pair(nv * t / n_tasks, nv * (t + 1) / n_tasks);
@@ -198,9 +198,9 @@ void build_splat_index(const int32_t* vertex_of_entry, const float* bary, int64_
 // with themselves shifted by that constant find every neighbour with sequential reads only;
 // the hash table's ~(d+1)V random probes cost several times more on the CPU.
 struct PackedKeys {
-  std::vector<uint64_t> key;     // sorted packed keys
-  std::vector<int32_t> vertex;   // the vertex of each
-  uint64_t delta[kMaxDim + 1];   // packed "+" step along each direction
+  std::vector<uint64_t> key;    // sorted packed keys
+  std::vector<int32_t> vertex;  // the vertex of each
+  uint64_t delta[kMaxDim + 1];  // packed "+" step along each direction
 };
 
 bool pack_and_sort_keys(const int32_t* keys, int64_t nv, int d, PackedKeys& out) {
@@ -290,8 +290,8 @@ void find_neighbors_sorted(const PackedKeys& packed, int d, int64_t nv, int32_t*
 // in the hash table; the "-" neighbour is the inverse relation (one-to-one), so it is written
 // by the vertex that found it.
 void find_neighbors_hashed(const SimplexStore& store, const uint64_t* table, int64_t capacity,
-                    const int32_t* vertex_keys, const int32_t* vertex_of_entry, int64_t nv,
-                    int32_t* neighbors) {
+                           const int32_t* vertex_keys, const int32_t* vertex_of_entry, int64_t nv,
+                           int32_t* neighbors) {
   const int d = store.d;
   const int64_t n_lookups = nv * (d + 1);  // lookup q: vertex q / (d+1), direction q % (d+1)
   at::parallel_for(0, n_lookups, kGrain, [&](int64_t begin, int64_t end) {
@@ -382,9 +382,7 @@ LatticeTensors permutohedral_build_cpu(const at::Tensor& features_in) {
   return {vertices, weights, neighbors, splat_offsets, splat_points, splat_weights, keys};
 }
 
-TORCH_LIBRARY_IMPL(fastseg, CPU, m) {
-  m.impl("permutohedral_build", &permutohedral_build_cpu);
-}
+TORCH_LIBRARY_IMPL(fastseg, CPU, m) { m.impl("permutohedral_build", &permutohedral_build_cpu); }
 
 }  // namespace lattice
 }  // namespace fastseg

@@ -4,8 +4,6 @@
 // shared per-point math (permutohedral_math.h) and hash table (lattice_table.h). Vertex numbers
 // come from a prefix sum over "first entry of its key" flags and the transposed index from a
 // stable sort, so the result is deterministic and identical to the CPU build's.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/div.h>
@@ -14,7 +12,9 @@
 #include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "lattice/lattice.h"
@@ -216,9 +216,7 @@ LatticeTensors permutohedral_build_cuda(const at::Tensor& features_in) {
   return {vertices, weights, neighbors, splat_offsets, splat_points, splat_weights, keys};
 }
 
-TORCH_LIBRARY_IMPL(fastseg, CUDA, m) {
-  m.impl("permutohedral_build", &permutohedral_build_cuda);
-}
+TORCH_LIBRARY_IMPL(fastseg, CUDA, m) { m.impl("permutohedral_build", &permutohedral_build_cuda); }
 
 }  // namespace lattice
 }  // namespace fastseg

@@ -10,8 +10,7 @@ namespace lattice {
 
 at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tensor& vertices,
                                     const at::Tensor& weights, const at::Tensor& neighbors,
-                                    const at::Tensor& splat_offsets,
-                                    const at::Tensor& splat_points,
+                                    const at::Tensor& splat_offsets, const at::Tensor& splat_points,
                                     const at::Tensor& splat_weights,
                                     const c10::optional<at::Tensor>& in_scale,
                                     const c10::optional<at::Tensor>& out_scale, bool reverse) {
@@ -42,9 +41,7 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
   return out;
 }
 
-TORCH_LIBRARY_IMPL(fastseg, CPU, m) {
-  m.impl("permutohedral_filter", &permutohedral_filter_cpu);
-}
+TORCH_LIBRARY_IMPL(fastseg, CPU, m) { m.impl("permutohedral_filter", &permutohedral_filter_cpu); }
 
 }  // namespace lattice
 }  // namespace fastseg

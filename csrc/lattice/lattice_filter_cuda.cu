@@ -3,13 +3,13 @@
 // Filtering is three gathers, one thread per output value: splat over the transposed index,
 // d+1 blur passes, slice. No float atomics, so results are deterministic. Mean-field runs
 // pydensecrf's iteration with these kernels and ATen's softmax, all on the device.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/neg.h>
 #include <ATen/ops/softmax.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -24,14 +24,14 @@ namespace {
 constexpr int kThreads = 256;
 
 inline int blocks_for(int64_t n) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20)));
+  return static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20)));
 }
 
 // buf[v, k] = sum over v's entries (w * (values[p, k] * in_scale[p])), for v < nv; row nv = 0.
 __global__ void splat_kernel(const float* __restrict__ values, int64_t m, int64_t nv,
                              const int64_t* __restrict__ offsets,
-                             const int32_t* __restrict__ points,
-                             const float* __restrict__ weights,
+                             const int32_t* __restrict__ points, const float* __restrict__ weights,
                              const float* __restrict__ in_scale, float* __restrict__ buf) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (nv + 1) * m;
        i += int64_t(blockDim.x) * gridDim.x) {

@@ -1,8 +1,6 @@
 // Operator schemas of the lattice family and the checks both devices share. The CPU kernels
 // are registered in lattice_build_cpu.cpp / lattice_filter_cpu.cpp, the CUDA ones in
 // lattice_cuda.cu, the fake (meta) kernels and autograd in fastseg/ops/lattice.py.
-#include "lattice/lattice.h"
-
 #include <ATen/ops/abs.h>
 #include <ATen/ops/amax.h>
 #include <torch/library.h>
@@ -11,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "lattice/lattice.h"
 #include "lattice/permutohedral_math.h"
 
 namespace fastseg {
@@ -39,9 +38,10 @@ double checked_elevated_bound(const at::Tensor& features) {
                 i, ")");
   }
   const double bound = elevated_bound(m.data(), d, make_embedding<double>(d));
-  TORCH_CHECK(bound < kMaxElevated, "permutohedral_build: features are too large for the lattice "
-              "(elevated coordinates up to ", bound, ", limit ", kMaxElevated,
-              "); use larger standard deviations");
+  TORCH_CHECK(bound < kMaxElevated,
+              "permutohedral_build: features are too large for the lattice "
+              "(elevated coordinates up to ",
+              bound, ", limit ", kMaxElevated, "); use larger standard deviations");
   return bound;
 }
 
@@ -75,26 +75,26 @@ void check_filter_args(const at::Tensor& values, const at::Tensor& vertices,
   TORCH_CHECK(splat_points.dim() == 1 && splat_points.size(0) == n * dp1 &&
                   splat_points.scalar_type() == at::kInt,
               "permutohedral_filter: splat_points must be int32 (N*(d+1),)");
-  TORCH_CHECK(splat_weights.sizes() == splat_points.sizes() &&
-                  splat_weights.scalar_type() == at::kFloat,
-              "permutohedral_filter: splat_weights must be float32 (N*(d+1),)");
+  TORCH_CHECK(
+      splat_weights.sizes() == splat_points.sizes() && splat_weights.scalar_type() == at::kFloat,
+      "permutohedral_filter: splat_weights must be float32 (N*(d+1),)");
   for (const auto* scale : {&in_scale, &out_scale}) {
     if (scale->has_value()) {
-      TORCH_CHECK((*scale)->dim() == 1 && (*scale)->size(0) == n &&
-                      (*scale)->scalar_type() == at::kFloat,
-                  "permutohedral_filter: in_scale/out_scale must be float32 (N,)");
+      TORCH_CHECK(
+          (*scale)->dim() == 1 && (*scale)->size(0) == n && (*scale)->scalar_type() == at::kFloat,
+          "permutohedral_filter: in_scale/out_scale must be float32 (N,)");
     }
   }
   const auto device = values.device();
-  for (const at::Tensor* t : {&vertices, &weights, &neighbors, &splat_offsets, &splat_points,
-                              &splat_weights}) {
+  for (const at::Tensor* t :
+       {&vertices, &weights, &neighbors, &splat_offsets, &splat_points, &splat_weights}) {
     TORCH_CHECK(t->device() == device, "permutohedral_filter: all tensors must be on ", device);
     TORCH_CHECK(t->is_contiguous(), "permutohedral_filter: lattice tensors must be contiguous");
   }
   for (const auto* scale : {&in_scale, &out_scale}) {
     if (scale->has_value()) {
-      TORCH_CHECK((*scale)->device() == device, "permutohedral_filter: in_scale/out_scale must be on ",
-                  device);
+      TORCH_CHECK((*scale)->device() == device,
+                  "permutohedral_filter: in_scale/out_scale must be on ", device);
     }
   }
 }
@@ -117,8 +117,7 @@ std::vector<MeanFieldTerm> collect_terms(
   const size_t n_terms = vertices.size();
   for (size_t size : {weights.size(), neighbors.size(), splat_offsets.size(), splat_points.size(),
                       splat_weights.size(), in_scales.size(), out_scales.size(), compats.size()}) {
-    TORCH_CHECK(size == n_terms, "mean_field: every per-term list must have ", n_terms,
-                " entries");
+    TORCH_CHECK(size == n_terms, "mean_field: every per-term list must have ", n_terms, " entries");
   }
   std::vector<MeanFieldTerm> terms;
   for (size_t t = 0; t < n_terms; ++t) {

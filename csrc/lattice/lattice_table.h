@@ -28,7 +28,9 @@ C10_HOST_DEVICE inline uint64_t make_slot(uint32_t hash, int32_t entry) {
 C10_HOST_DEVICE inline int32_t slot_entry(uint64_t slot) {
   return static_cast<int32_t>(slot & 0xffffffffu);
 }
-C10_HOST_DEVICE inline uint32_t slot_hash(uint64_t slot) { return static_cast<uint32_t>(slot >> 32); }
+C10_HOST_DEVICE inline uint32_t slot_hash(uint64_t slot) {
+  return static_cast<uint32_t>(slot >> 32);
+}
 
 C10_HOST_DEVICE inline uint64_t atomic_load_slot(const uint64_t* addr) {
 #ifdef __CUDA_ARCH__
@@ -39,7 +41,8 @@ C10_HOST_DEVICE inline uint64_t atomic_load_slot(const uint64_t* addr) {
 }
 
 // Returns the value held before the call (equal to `expected` on success).
-C10_HOST_DEVICE inline uint64_t atomic_cas_slot(uint64_t* addr, uint64_t expected, uint64_t desired) {
+C10_HOST_DEVICE inline uint64_t atomic_cas_slot(uint64_t* addr, uint64_t expected,
+                                                uint64_t desired) {
 #ifdef __CUDA_ARCH__
   return atomicCAS(reinterpret_cast<unsigned long long*>(addr), expected, desired);
 #else
@@ -53,8 +56,8 @@ C10_HOST_DEVICE inline void atomic_min_slot(uint64_t* addr, uint64_t value) {
   atomicMin(reinterpret_cast<unsigned long long*>(addr), static_cast<unsigned long long>(value));
 #else
   uint64_t cur = __atomic_load_n(addr, __ATOMIC_ACQUIRE);
-  while (value < cur &&
-         !__atomic_compare_exchange_n(addr, &cur, value, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+  while (value < cur && !__atomic_compare_exchange_n(addr, &cur, value, false, __ATOMIC_ACQ_REL,
+                                                     __ATOMIC_ACQUIRE)) {
   }
 #endif
 }

@@ -20,9 +20,9 @@ namespace fastseg {
 namespace lattice {
 
 at::Tensor mean_field_cpu(const at::Tensor& unary_in, const c10::optional<at::Tensor>& q_init,
-                          at::TensorList vertices, at::TensorList weights,
-                          at::TensorList neighbors, at::TensorList splat_offsets,
-                          at::TensorList splat_points, at::TensorList splat_weights,
+                          at::TensorList vertices, at::TensorList weights, at::TensorList neighbors,
+                          at::TensorList splat_offsets, at::TensorList splat_points,
+                          at::TensorList splat_weights,
                           const c10::List<c10::optional<at::Tensor>>& in_scales,
                           const c10::List<c10::optional<at::Tensor>>& out_scales,
                           at::TensorList compats, int64_t iterations) {
@@ -63,8 +63,8 @@ at::Tensor mean_field_cpu(const at::Tensor& unary_in, const c10::optional<at::Te
                                    t.splat_points, t.splat_weights, t.in_scale, t.out_scale));
     max_rows = std::max(max_rows, views.back().n_vertices + 1);
     // Zero-padded to s (and s x s): padded lanes contribute nothing.
-    at::Tensor c = at::zeros(t.compat.dim() == 1 ? std::vector<int64_t>{s}
-                                                 : std::vector<int64_t>{s, s}, opts);
+    at::Tensor c =
+        at::zeros(t.compat.dim() == 1 ? std::vector<int64_t>{s} : std::vector<int64_t>{s, s}, opts);
     if (t.compat.dim() == 1) {
       c.narrow(0, 0, m).copy_(t.compat);
     } else {
@@ -113,9 +113,7 @@ at::Tensor mean_field_cpu(const at::Tensor& unary_in, const c10::optional<at::Te
   return result;
 }
 
-TORCH_LIBRARY_IMPL(fastseg, CPU, m) {
-  m.impl("mean_field", &mean_field_cpu);
-}
+TORCH_LIBRARY_IMPL(fastseg, CPU, m) { m.impl("mean_field", &mean_field_cpu); }
 
 }  // namespace lattice
 }  // namespace fastseg
