@@ -19,6 +19,8 @@
 // Everything a clone calls must be inlined into it: an out-of-line helper is compiled once,
 // for baseline x86-64, whatever clone calls it.
 #define FASTSEG_INLINE inline __attribute__((always_inline))
+// Rows of whole 8-float vectors run fn<8>, shorter rows (stride 4) fn<4>.
+#define FASTSEG_BY_WIDTH(s, fn, ...) ((s) % 8 == 0 ? fn<8>(__VA_ARGS__) : fn<4>(__VA_ARGS__))
 
 namespace fastseg {
 namespace lattice {
@@ -96,11 +98,7 @@ FASTSEG_INLINE void splat_range_w(const LatticeView& lat, const float* values, i
 
 FASTSEG_CLONES void splat_range(const LatticeView& lat, const float* values, int64_t s, float* buf,
                                 int64_t v_begin, int64_t v_end) {
-  if (s % 8 == 0) {
-    splat_range_w<8>(lat, values, s, buf, v_begin, v_end);
-  } else {
-    splat_range_w<4>(lat, values, s, buf, v_begin, v_end);
-  }
+  FASTSEG_BY_WIDTH(s, splat_range_w, lat, values, s, buf, v_begin, v_end);
 }
 
 // Scatter form of the splat, one thread: points in order add their weighted rows to their
@@ -133,11 +131,7 @@ FASTSEG_INLINE void splat_scatter_w(const LatticeView& lat, const float* values,
 
 FASTSEG_CLONES void splat_scatter(const LatticeView& lat, const float* values, int64_t s,
                                   float* buf) {
-  if (s % 8 == 0) {
-    splat_scatter_w<8>(lat, values, s, buf);
-  } else {
-    splat_scatter_w<4>(lat, values, s, buf);
-  }
+  FASTSEG_BY_WIDTH(s, splat_scatter_w, lat, values, s, buf);
 }
 
 // All d+1 blur passes in one sweep over the vertices, for lattices whose blur neighbours are
@@ -186,11 +180,7 @@ FASTSEG_INLINE void sweep_blur_w(const LatticeView& lat, float* a, int64_t s, bo
 
 FASTSEG_CLONES void sweep_blur(const LatticeView& lat, float* a, int64_t s, bool reverse,
                                const SweepPlan& plan, float* rings, const float* zero) {
-  if (s % 8 == 0) {
-    sweep_blur_w<8>(lat, a, s, reverse, plan, rings, zero);
-  } else {
-    sweep_blur_w<4>(lat, a, s, reverse, plan, rings, zero);
-  }
+  FASTSEG_BY_WIDTH(s, sweep_blur_w, lat, a, s, reverse, plan, rings, zero);
 }
 
 // The sweep pays off while its rings stay cache-resident and the lattice is much longer than
@@ -228,11 +218,7 @@ FASTSEG_INLINE void blur_range_w(const int32_t* nb, const float* src, float* dst
 
 FASTSEG_CLONES void blur_range(const int32_t* nb, const float* src, float* dst, int64_t s,
                                int64_t v_begin, int64_t v_end) {
-  if (s % 8 == 0) {
-    blur_range_w<8>(nb, src, dst, s, v_begin, v_end);
-  } else {
-    blur_range_w<4>(nb, src, dst, s, v_begin, v_end);
-  }
+  FASTSEG_BY_WIDTH(s, blur_range_w, nb, src, dst, s, v_begin, v_end);
 }
 
 // out = out_scale[p] * sum_r (alpha w_r) buf[vertex_r], accumulated from zero in vertex order.
@@ -256,11 +242,7 @@ FASTSEG_INLINE void slice_point(const LatticeView& lat, const float* buf, int64_
 FASTSEG_CLONES void slice_range(const LatticeView& lat, const float* buf, int64_t s, float* out,
                                 int64_t p_begin, int64_t p_end) {
   for (int64_t p = p_begin; p < p_end; ++p) {
-    if (s % 8 == 0) {
-      slice_point<8>(lat, buf, s, p, out + p * s);
-    } else {
-      slice_point<4>(lat, buf, s, p, out + p * s);
-    }
+    FASTSEG_BY_WIDTH(s, slice_point, lat, buf, s, p, out + p * s);
   }
 }
 
@@ -373,7 +355,6 @@ FASTSEG_INLINE void logits_point(const TermUpdate* terms, int n_terms, const flo
   }
 }
 
-template <int W>
 FASTSEG_INLINE void prefetch_point(const TermUpdate* terms, int n_terms, int64_t s, int64_t p) {
   for (int t = 0; t < n_terms; ++t) {
     if (terms[t].dense_message != nullptr) continue;
@@ -392,7 +373,7 @@ FASTSEG_INLINE void update_range_w(const TermUpdate* terms, int n_terms, const f
   for (int64_t b = p_begin; b < p_end; b += kSoftmaxBlock) {
     const int64_t b_end = std::min(p_end, b + kSoftmaxBlock);
     for (int64_t p = b; p < b_end; ++p) {
-      if (p + 4 < p_end) prefetch_point<W>(terms, n_terms, s, p + 4);
+      if (p + 4 < p_end) prefetch_point(terms, n_terms, s, p + 4);
       logits_point<W>(terms, n_terms, unary, s, q, scratch, p);
     }
     softmax_rows<W>(q + b * s, b_end - b, m, s);
@@ -402,11 +383,7 @@ FASTSEG_INLINE void update_range_w(const TermUpdate* terms, int n_terms, const f
 FASTSEG_CLONES void update_range(const TermUpdate* terms, int n_terms, const float* unary,
                                  int64_t m, int64_t s, float* q, float* scratch, int64_t p_begin,
                                  int64_t p_end) {
-  if (s % 8 == 0) {
-    update_range_w<8>(terms, n_terms, unary, m, s, q, scratch, p_begin, p_end);
-  } else {
-    update_range_w<4>(terms, n_terms, unary, m, s, q, scratch, p_begin, p_end);
-  }
+  FASTSEG_BY_WIDTH(s, update_range_w, terms, n_terms, unary, m, s, q, scratch, p_begin, p_end);
 }
 
 template <int W>
@@ -421,11 +398,7 @@ FASTSEG_INLINE void softmax_neg_range_w(const float* unary, int64_t m, int64_t s
 
 FASTSEG_CLONES void softmax_neg_range(const float* unary, int64_t m, int64_t s, float* q,
                                       int64_t p_begin, int64_t p_end) {
-  if (s % 8 == 0) {
-    softmax_neg_range_w<8>(unary, m, s, q, p_begin, p_end);
-  } else {
-    softmax_neg_range_w<4>(unary, m, s, q, p_begin, p_end);
-  }
+  FASTSEG_BY_WIDTH(s, softmax_neg_range_w, unary, m, s, q, p_begin, p_end);
 }
 
 }  // namespace

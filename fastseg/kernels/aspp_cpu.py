@@ -108,6 +108,19 @@ def _fill_shifted_grad(z_maps: torch.Tensor, grad_img: torch.Tensor, windows):
         z_maps[j, :, bh, bw] = grad_img[:, oh, ow]
 
 
+def _shifted_grads(grad: torch.Tensor, chunks, ws_size: int):
+    """For each image and chunk of taps, the output gradient shifted by each tap's offset,
+    ((hi - lo) * cout, rows * w) in one reused workspace: what both backward GEMMs multiply."""
+    n, cout, _, w = grad.shape
+    ws = torch.empty(ws_size, dtype=grad.dtype, device=grad.device)
+    for img in range(n):
+        for band, lo, hi, windows in chunks:
+            rows = band.row_hi - band.row_lo
+            z = ws[: (hi - lo) * cout * rows * w].view((hi - lo) * cout, rows * w)
+            _fill_shifted_grad(z.view(hi - lo, cout, rows, w), grad[img], windows)
+            yield img, band, lo, hi, z
+
+
 def aspp_grad_input(grad: torch.Tensor, weights: Sequence[torch.Tensor], rates: Sequence[int],
                     in_channels: int) -> torch.Tensor:
     n, cout, h, w = grad.shape
@@ -116,14 +129,9 @@ def aspp_grad_input(grad: torch.Tensor, weights: Sequence[torch.Tensor], rates: 
     if len(table) == 0:
         return dx.view(n, in_channels, h, w)
     w_taps = pack_tap_weights(weights, table, "oi").reshape(len(table) * cout, in_channels)
-    ws = torch.empty(ws_size, dtype=grad.dtype, device=grad.device)
-    for img in range(n):
-        for band, lo, hi, windows in chunks:
-            rows = band.row_hi - band.row_lo
-            z = ws[: (hi - lo) * cout * rows * w].view((hi - lo) * cout, rows * w)
-            _fill_shifted_grad(z.view(hi - lo, cout, rows, w), grad[img], windows)
-            cols = slice(band.row_lo * w, band.row_hi * w)
-            dx[img, :, cols].addmm_(w_taps[lo * cout:hi * cout].t(), z)
+    for img, band, lo, hi, z in _shifted_grads(grad, chunks, ws_size):
+        cols = slice(band.row_lo * w, band.row_hi * w)
+        dx[img, :, cols].addmm_(w_taps[lo * cout:hi * cout].t(), z)
     return dx.view(n, in_channels, h, w)
 
 
@@ -135,11 +143,6 @@ def aspp_grad_weights(grad: torch.Tensor, x: torch.Tensor, weight_shapes: Sequen
     dw = torch.zeros((len(table) * cout, cin), dtype=grad.dtype, device=grad.device)
     if len(table):
         xm = x.flatten(2)
-        ws = torch.empty(ws_size, dtype=grad.dtype, device=grad.device)
-        for img in range(n):
-            for band, lo, hi, windows in chunks:
-                rows = band.row_hi - band.row_lo
-                z = ws[: (hi - lo) * cout * rows * w].view((hi - lo) * cout, rows * w)
-                _fill_shifted_grad(z.view(hi - lo, cout, rows, w), grad[img], windows)
-                dw[lo * cout:hi * cout].addmm_(z, xm[img, :, band.row_lo * w:band.row_hi * w].t())
+        for img, band, lo, hi, z in _shifted_grads(grad, chunks, ws_size):
+            dw[lo * cout:hi * cout].addmm_(z, xm[img, :, band.row_lo * w:band.row_hi * w].t())
     return unpack_tap_grads(dw.view(len(table), cout, cin), table, weight_shapes, "oi")
