@@ -151,3 +151,18 @@ def test_cuda_batch_and_half(chelsea):
     q = fastseg.dense_crf(torch.stack([probs, probs]).half(), torch.stack([image, image]))
     assert q.dtype == torch.float16 and q.device.type == "cuda"
     torch.testing.assert_close(q[0], q[1])
+
+
+def test_mean_field_is_bitwise_identical_across_thread_counts(chelsea):
+    # One thread splats and blurs term by term; two run the terms' splats (and the gaussian
+    # term's single-sweep blur) on separate threads: the bits must not change.
+    probs = torch.from_numpy(image_probs(chelsea, 21, seed=11))
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for n_threads in (1, 2, 1):
+            torch.set_num_threads(n_threads)
+            results.append(fastseg.dense_crf(probs, chelsea))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
