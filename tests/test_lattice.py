@@ -92,6 +92,23 @@ def test_filter_accepts_non_contiguous_values(chelsea):
                                permutohedral_filter(x.contiguous(), lat))
 
 
+def test_mean_field_reads_and_returns_label_major_layouts(chelsea):
+    # dense_crf passes its (M, N) unary transposed; Q must come back in that layout with the
+    # same bits as from a point-major copy, and q_init may be strided too.
+    lat = build_lattice(photo_features(chelsea[::4, ::4].copy(), "bilateral"))
+    g = torch.Generator().manual_seed(5)
+    unary_lm = torch.rand(21, lat.n_points, generator=g) * 5  # label-major
+    q0_lm = torch.softmax(torch.rand(21, lat.n_points, generator=g), 0)
+    s = torch.rand(lat.n_points, generator=g) + 0.5
+    args = ([[t] for t in lat.index_tensors], [s], [s], [torch.full((21,), 3.0)], 2)
+    want = torch.ops.fastseg.mean_field(unary_lm.T.contiguous(), q0_lm.T.contiguous(), *args[0],
+                                        *args[1:])
+    got = torch.ops.fastseg.mean_field(unary_lm.T, q0_lm.T, *args[0], *args[1:])
+    assert got.stride() == unary_lm.T.stride()
+    assert torch.equal(got, want)
+    assert want.is_contiguous()
+
+
 def test_reverse_filter_is_the_transpose(chelsea):
     lat = build_lattice(photo_features(chelsea[::4, ::4].copy(), "bilateral"))
     g = torch.Generator().manual_seed(0)
@@ -133,18 +150,21 @@ def test_operators_pass_opcheck(chelsea):
         (u, None, *[[t] for t in lat.index_tensors], [s], [s], [torch.full((4,), 2.0)], 3))
 
 
-@pytest.mark.parametrize("kind,m", [("bilateral", 21), ("gaussian", 21), ("gaussian", 3)])
+@pytest.mark.parametrize("kind,m", [("bilateral", 21), ("gaussian", 21), ("gaussian", 3),
+                                    ("bilateral", 1)])
 def test_build_and_filter_are_deterministic_across_thread_counts(astronaut, restore_threads,
                                                                  kind, m):
     # One thread and two take different code paths (scatter vs gather splat; the gaussian
     # lattice's single-sweep blur vs parallel passes) that must give the same bits.
     feats = photo_features(astronaut, kind)
-    x = torch.rand(feats.shape[0], m, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(feats.shape[0], m, generator=g)
+    s_in, s_out = torch.rand(2, feats.shape[0], generator=g) + 0.5
     runs = []
     for n_threads in (1, 2, 1):
         torch.set_num_threads(n_threads)
         lat = build_lattice(feats)
-        runs.append((lat, permutohedral_filter(x, lat, x[:, 0], x[:, 1])))
+        runs.append((lat, permutohedral_filter(x, lat, s_in, s_out)))
     for lat, out in runs[1:]:
         assert_same_lattice(lat, runs[0][0])
         assert torch.equal(out, runs[0][1])

@@ -19,8 +19,11 @@
 // Everything a clone calls must be inlined into it: an out-of-line helper is compiled once,
 // for baseline x86-64, whatever clone calls it.
 #define FASTSEG_INLINE inline __attribute__((always_inline))
-// Rows of whole 8-float vectors run fn<8>, shorter rows (stride 4) fn<4>.
-#define FASTSEG_BY_WIDTH(s, fn, ...) ((s) % 8 == 0 ? fn<8>(__VA_ARGS__) : fn<4>(__VA_ARGS__))
+// Rows of whole 8-float vectors run fn<8>, shorter rows (stride 4) fn<4>, one-float rows fn<1>.
+#define FASTSEG_BY_WIDTH(s, fn, ...)                 \
+  ((s) % 8 == 0   ? fn<8>(__VA_ARGS__)              \
+   : (s) % 4 == 0 ? fn<4>(__VA_ARGS__)              \
+                  : fn<1>(__VA_ARGS__))
 
 namespace fastseg {
 namespace lattice {
@@ -33,8 +36,9 @@ const float* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<float>() : nullptr;
 }
 
-// Rows are processed in chunks of W floats (W = 8, or 4 for short rows) held in GCC vector
-// types, so every clone gets whole vector instructions whatever the alias analysis concludes.
+// Rows are processed in chunks of W floats (W = 8, 4 for short rows, 1 for single values) held
+// in GCC vector types, so every clone gets whole vector instructions whatever the alias
+// analysis concludes.
 template <int W>
 struct Vec;
 template <>
@@ -46,6 +50,11 @@ template <>
 struct Vec<4> {
   typedef float f __attribute__((vector_size(16)));
   typedef int32_t i __attribute__((vector_size(16)));
+};
+template <>
+struct Vec<1> {
+  typedef float f __attribute__((vector_size(4)));
+  typedef int32_t i __attribute__((vector_size(4)));
 };
 
 template <int W>
@@ -403,22 +412,37 @@ FASTSEG_CLONES void softmax_neg_range(const float* unary, int64_t m, int64_t s, 
 
 }  // namespace
 
+// Largest |neighbour - vertex| over the blur neighbours of vertices [begin, end) along one
+// direction, missing ones (= nv) excluded; branch-free so that it vectorises.
+static FASTSEG_CLONES int32_t neighbor_distance_range(const int32_t* nb, int32_t nv, int32_t begin,
+                                                      int32_t end) {
+  int32_t acc = 0;
+  for (int32_t v = begin; v < end; ++v) {
+    const int32_t a = nb[2 * v], b = nb[2 * v + 1];
+    const int32_t da = a == nv ? 0 : (a > v ? a - v : v - a);
+    const int32_t db = b == nv ? 0 : (b > v ? b - v : v - b);
+    acc = std::max(acc, std::max(da, db));
+  }
+  return acc;
+}
+
 // Largest |neighbour - vertex| over the blur neighbours that exist.
 int64_t max_neighbor_distance(const int32_t* neighbors, int d, int64_t nv) {
-  const int64_t n = static_cast<int64_t>(d + 1) * nv;
-  return at::parallel_reduce(
-      0, n, 1 << 16, int64_t(0),
-      [&](int64_t begin, int64_t end, int64_t acc) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t v = i % nv;
-          for (int side = 0; side < 2; ++side) {
-            const int64_t u = neighbors[2 * i + side];
-            if (u != nv) acc = std::max(acc, u > v ? u - v : v - u);
-          }
-        }
-        return acc;
-      },
-      [](int64_t x, int64_t y) { return std::max(x, y); });
+  int64_t reach = 0;
+  for (int j = 0; j <= d; ++j) {
+    const int32_t* nb = neighbors + static_cast<int64_t>(j) * nv * 2;
+    reach = std::max(reach, at::parallel_reduce(
+                                0, nv, 1 << 16, int64_t(0),
+                                [&](int64_t begin, int64_t end, int64_t acc) {
+                                  return std::max<int64_t>(
+                                      acc, neighbor_distance_range(
+                                               nb, static_cast<int32_t>(nv),
+                                               static_cast<int32_t>(begin),
+                                               static_cast<int32_t>(end)));
+                                },
+                                [](int64_t x, int64_t y) { return std::max(x, y); }));
+  }
+  return reach;
 }
 
 LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
@@ -512,18 +536,42 @@ void softmax_neg(const float* unary, int64_t n, int64_t m, int64_t s, float* q) 
   });
 }
 
-void pad_rows(const float* src, int64_t n, int64_t m, int64_t s, float* dst) {
-  at::parallel_for(0, n, kGrain * 8, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      std::copy(src + p * m, src + (p + 1) * m, dst + p * s);
-      std::fill(dst + p * s + m, dst + (p + 1) * s, 0.f);
+// Points are copied in blocks: a label-major source is read along its contiguous points,
+// while the block's destination rows stay in cache.
+constexpr int64_t kPadBlock = 64;
+
+void pad_rows(const float* src, int64_t stride_p, int64_t stride_l, int64_t n, int64_t m,
+              int64_t s, float* dst) {
+  at::parallel_for(0, (n + kPadBlock - 1) / kPadBlock, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t p0 = b * kPadBlock, p1 = std::min(n, p0 + kPadBlock);
+      for (int64_t p = p0; p < p1; ++p) std::fill(dst + p * s + m, dst + (p + 1) * s, 0.f);
+      if (stride_l == 1) {
+        for (int64_t p = p0; p < p1; ++p) std::copy(src + p * stride_p, src + p * stride_p + m,
+                                                    dst + p * s);
+      } else {
+        for (int64_t l = 0; l < m; ++l) {
+          for (int64_t p = p0; p < p1; ++p) dst[p * s + l] = src[p * stride_p + l * stride_l];
+        }
+      }
     }
   });
 }
 
-void unpad_rows(const float* src, int64_t n, int64_t m, int64_t s, float* dst) {
-  at::parallel_for(0, n, kGrain * 8, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) std::copy(src + p * s, src + p * s + m, dst + p * m);
+void unpad_rows(const float* src, int64_t n, int64_t m, int64_t s, float* dst, int64_t stride_p,
+                int64_t stride_l) {
+  at::parallel_for(0, (n + kPadBlock - 1) / kPadBlock, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t p0 = b * kPadBlock, p1 = std::min(n, p0 + kPadBlock);
+      if (stride_l == 1) {
+        for (int64_t p = p0; p < p1; ++p) std::copy(src + p * s, src + p * s + m,
+                                                    dst + p * stride_p);
+      } else {
+        for (int64_t l = 0; l < m; ++l) {
+          for (int64_t p = p0; p < p1; ++p) dst[p * stride_p + l * stride_l] = src[p * s + l];
+        }
+      }
+    }
   });
 }
 

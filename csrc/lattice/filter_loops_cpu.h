@@ -17,8 +17,9 @@ namespace fastseg {
 namespace lattice {
 namespace cpu {
 
-// Row stride for m values: m rounded up to a multiple of 8 (of 4 when m <= 4).
-inline int64_t row_stride(int64_t m) { return m <= 4 ? 4 : (m + 7) / 8 * 8; }
+// Row stride for m values: m rounded up to a multiple of 8 (of 4 when 2 <= m <= 4); a single
+// value (the normalisation filter of a field of ones) keeps rows of one float.
+inline int64_t row_stride(int64_t m) { return m <= 1 ? 1 : m <= 4 ? 4 : (m + 7) / 8 * 8; }
 
 // One pairwise term: a built lattice plus its normalisation (in_scale/out_scale may be null).
 struct LatticeView {
@@ -80,9 +81,13 @@ void update_rows(const TermUpdate* terms, int n_terms, const float* unary, int64
 // Q = softmax(-unary) row-wise: the mean-field initialisation.
 void softmax_neg(const float* unary, int64_t n, int64_t m, int64_t s, float* q);
 
-// Copies (n, m) rows into (n, s) rows with zero padding, and back.
-void pad_rows(const float* src, int64_t n, int64_t m, int64_t s, float* dst);
-void unpad_rows(const float* src, int64_t n, int64_t m, int64_t s, float* dst);
+// Copies an (n, m) matrix with any strides (element (p, l) at p * stride_p + l * stride_l, so
+// a transposed, label-major matrix is read without a separate transpose) into (n, s) rows with
+// zero padding, and back.
+void pad_rows(const float* src, int64_t stride_p, int64_t stride_l, int64_t n, int64_t m,
+              int64_t s, float* dst);
+void unpad_rows(const float* src, int64_t n, int64_t m, int64_t s, float* dst, int64_t stride_p,
+                int64_t stride_l);
 
 }  // namespace cpu
 }  // namespace lattice

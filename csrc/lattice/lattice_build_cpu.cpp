@@ -125,7 +125,11 @@ int64_t number_vertices(int64_t n_entries, const uint64_t* table, const uint32_t
                         int32_t* vertex_of_entry, std::vector<int32_t>& first_entries) {
   auto is_first = scratch_large<uint8_t>(n_entries);
   at::parallel_for(0, n_entries, kGrain, [&](int64_t begin, int64_t end) {
+    constexpr int64_t kAhead = 16;  // candidates' table slots are random: overlap their misses
     for (int64_t e = begin; e < end; ++e) {
+      if (e + kAhead < end && vertex_of_entry[e + kAhead] == e + kAhead) {
+        __builtin_prefetch(table + entry_slot[e + kAhead]);
+      }
       is_first[e] = 0;
       if (vertex_of_entry[e] == e) {
         const int32_t owner = slot_entry(table[entry_slot[e]]);

@@ -5,6 +5,7 @@
 // pydensecrf's iteration with these kernels and ATen's softmax, all on the device.
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/neg.h>
 #include <ATen/ops/softmax.h>
 #include <c10/cuda/CUDAException.h>
@@ -170,7 +171,10 @@ at::Tensor mean_field_cuda(const at::Tensor& unary_in, const c10::optional<at::T
     }
     q = at::softmax(logits, 1);
   }
-  return q;
+  // Q takes the memory layout of the unary, as on the CPU.
+  at::Tensor result = at::empty_like(unary_in);
+  result.copy_(q);
+  return result;
 }
 
 TORCH_LIBRARY_IMPL(fastseg, CUDA, m) {

@@ -5,6 +5,7 @@
 // One iteration, as pydensecrf computes it: for every term, filter Q with the term's lattice and
 // normalisation; logits = -unary + sum of compat(filtered); Q = softmax(logits).
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -32,16 +33,24 @@ at::Tensor mean_field_cpu(const at::Tensor& unary_in, const c10::optional<at::Te
   const int64_t n = unary_in.size(0);
   const int64_t m = unary_in.size(1);
   const auto opts = unary_in.options();
-  at::Tensor result = at::empty({n, m}, opts);
+  // Q takes the memory layout of the unary: a label-major (M, N) unary passed transposed gives
+  // a label-major Q, and neither is ever transposed in memory on its own.
+  at::Tensor result = at::empty_like(unary_in);
   if (m == 0) return result;
+  auto unpad_result = [&](const at::Tensor& rows, int64_t s) {
+    cpu::unpad_rows(rows.data_ptr<float>(), n, m, s, result.data_ptr<float>(), result.stride(0),
+                    result.stride(1));
+  };
 
   // Rows are padded to whole vector chunks (see filter_loops_cpu.h); padded lanes stay zero.
   const int64_t s = cpu::row_stride(m);
   at::Tensor unary = empty_large({n, s}, opts);
-  cpu::pad_rows(unary_in.contiguous().data_ptr<float>(), n, m, s, unary.data_ptr<float>());
+  cpu::pad_rows(unary_in.data_ptr<float>(), unary_in.stride(0), unary_in.stride(1), n, m, s,
+                unary.data_ptr<float>());
   at::Tensor q = empty_large({n, s}, opts);
   if (q_init.has_value()) {
-    cpu::pad_rows(q_init->contiguous().data_ptr<float>(), n, m, s, q.data_ptr<float>());
+    cpu::pad_rows(q_init->data_ptr<float>(), q_init->stride(0), q_init->stride(1), n, m, s,
+                  q.data_ptr<float>());
   } else {
     cpu::softmax_neg(unary.data_ptr<float>(), n, m, s, q.data_ptr<float>());
   }
@@ -50,7 +59,7 @@ at::Tensor mean_field_cpu(const at::Tensor& unary_in, const c10::optional<at::Te
     cpu::softmax_neg(unary.data_ptr<float>(), n, m, s, q.data_ptr<float>());
   }
   if (terms.empty() || iterations == 0) {
-    cpu::unpad_rows(q.data_ptr<float>(), n, m, s, result.data_ptr<float>());
+    unpad_result(q, s);
     return result;
   }
 
@@ -109,7 +118,7 @@ at::Tensor mean_field_cpu(const at::Tensor& unary_in, const c10::optional<at::Te
     cpu::update_rows(updates.data(), n_terms, unary.data_ptr<float>(), n, m, s,
                      q.data_ptr<float>());
   }
-  cpu::unpad_rows(q.data_ptr<float>(), n, m, s, result.data_ptr<float>());
+  unpad_result(q, s);
   return result;
 }
 

@@ -74,8 +74,10 @@ def dense_crf(probs: torch.Tensor, image, *, iterations: int = 10, pos_w: float 
 
     out = []
     for b in range(n_batch):
-        p = probs_b[b].to(torch.float32).reshape(n_labels, -1).T
-        unary = -torch.log(p.clamp(UNARY_CLIP, 1.0))
+        # Label-major (C, H*W) throughout: mean-field reads the unary through its transposed
+        # view and returns Q in the same layout, so nothing is transposed in memory.
+        p = probs_b[b].to(torch.float32).reshape(n_labels, -1)
+        unary = torch.log(p.clamp(UNARY_CLIP, 1.0)).neg_()
         compat_pos = torch.full((n_labels,), pos_w, dtype=torch.float32, device=probs.device)
         compat_bi = torch.full((n_labels,), bi_w, dtype=torch.float32, device=probs.device)
         pos = gaussian_features(height, width, pos_xy_std, pos_xy_std, device=probs.device)
@@ -84,9 +86,9 @@ def dense_crf(probs: torch.Tensor, image, *, iterations: int = 10, pos_w: float 
         checks.lattice_features(pos, "gaussian features (pos_xy_std)")
         terms = [make_term(pos, compat_pos, NormalizationType.NORMALIZE_SYMMETRIC),
                  make_term(bil, compat_bi, NormalizationType.NORMALIZE_SYMMETRIC)]
-        q = infer(unary.contiguous(), terms, iterations)
+        q = infer(unary.T, terms, iterations)
         out.append(q.T.reshape(n_labels, height, width))
-    result = torch.stack(out).to(probs.dtype)
+    result = (out[0][None] if n_batch == 1 else torch.stack(out)).to(probs.dtype)
     return result if batched else result[0]
 
 

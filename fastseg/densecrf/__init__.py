@@ -79,7 +79,7 @@ class DenseCRF:
         self._nvar = checks.positive_int(nvar, "nvar")
         self._nlabel = checks.positive_int(nlabels, "nlabels")
         self._device = torch.device(device) if device is not None else torch.device("cpu")
-        self._unary: Optional[torch.Tensor] = None  # (N, M) energies, point-major
+        self._unary: Optional[torch.Tensor] = None  # (N, M) energies: a view of a label-major copy
         self._terms: List[PairwiseTerm] = []
 
     # -- setup ---------------------------------------------------------------------------
@@ -96,7 +96,9 @@ class DenseCRF:
                 f"unary must have shape (n_labels, n_points) = ({self._nlabel}, {self._nvar}), "
                 f"got {tuple(t.shape)}")
         checks.all_finite(t, "unary")
-        self._unary = t.T.contiguous()
+        # A copy (the caller may reuse its array, as pydensecrf allows), kept label-major: the
+        # mean-field operator reads it through the transposed (n_points, n_labels) view.
+        self._unary = t.clone(memory_format=torch.contiguous_format).T
 
     def setUnary(self, unary):
         """pydensecrf's ``setUnary(ConstUnary(u))``."""
@@ -171,7 +173,7 @@ class DenseCRF:
             raise ValueError(f"{name} must have shape ({self._nlabel}, {self._nvar}), got "
                              f"{tuple(t.shape)}")
         checks.all_finite(t, name)
-        return t.T.contiguous()
+        return t.T  # (n_points, n_labels) view; the operators read any layout
 
 
 class DenseCRF2D(DenseCRF):

@@ -104,7 +104,9 @@ def mean_field(
     optional normalisation scales, and a compatibility ``compats[t]`` that says how its
     filtered values f enter the logits: a (M,) vector c gives ``logits += c * f``, a (M, M)
     matrix C gives ``logits += f @ C``. Starting from ``q_init`` (default softmax(-unary)),
-    each iteration sets ``Q = softmax(-unary + sum of messages)``. Returns Q (N, M).
+    each iteration sets ``Q = softmax(-unary + sum of messages)``. Returns Q (N, M), with the
+    memory layout of ``unary``: pass a label-major (M, N) unary as ``unary.T`` and Q comes back
+    label-major too, with no transposing copy on either side.
     """
     def column(i: int) -> List[torch.Tensor]:
         return [lat[i] for lat in lattices]
@@ -155,7 +157,7 @@ def _filter_fake(values, vertices, weights, neighbors, splat_offsets, splat_poin
 @torch.library.register_fake("fastseg::mean_field")
 def _mean_field_fake(unary, q_init, vertices, weights, neighbors, splat_offsets, splat_points,
                      splat_weights, in_scales, out_scales, compats, iterations):
-    return torch.empty_like(unary, memory_format=torch.contiguous_format)
+    return torch.empty_like(unary)  # Q has the unary's memory layout
 
 
 # --- autograd of the filter ----------------------------------------------------------------
