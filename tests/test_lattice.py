@@ -17,6 +17,14 @@ def assert_same_lattice(a, b):
         assert torch.equal(x.cpu(), y.cpu()), f"{name} differs"
 
 
+@pytest.fixture(params=["sort", "hash"])
+def build_path(request, monkeypatch):
+    """Runs a test with each CPU build path: sorting packed keys (the default where keys fit in
+    64 bits) and the hash table (wider keys, and what the GPU runs)."""
+    monkeypatch.setenv("FASTSEG_BUILD_BY_HASHING", "1" if request.param == "hash" else "0")
+    return request.param
+
+
 def photo_features(image, kind):
     t = torch.from_numpy(image)
     if kind == "gaussian":
@@ -25,13 +33,13 @@ def photo_features(image, kind):
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "bilateral"])
-def test_photo_lattice_matches_reference(chelsea, kind):
+def test_photo_lattice_matches_reference(chelsea, kind, build_path):
     feats = photo_features(chelsea[::2, ::2].copy(), kind)
     assert_same_lattice(build_lattice(feats), build_lattice_reference(feats))
 
 
 @pytest.mark.parametrize("d", [1, 2, 3, 5, 8, 16])
-def test_random_features_match_reference(d):
+def test_random_features_match_reference(d, build_path):
     g = torch.Generator().manual_seed(d)
     feats = torch.randn(777, d, generator=g) * 2.5
     lat = build_lattice(feats)
@@ -39,14 +47,14 @@ def test_random_features_match_reference(d):
     assert_same_lattice(lat, build_lattice_reference(feats))
 
 
-def test_integer_features_with_ties_match_reference():
+def test_integer_features_with_ties_match_reference(build_path):
     # Integer positions with unit std put many points exactly on simplex boundaries.
     feats = torch.stack(torch.meshgrid(torch.arange(40.0), torch.arange(37.0), indexing="xy"),
                         -1).reshape(-1, 2)
     assert_same_lattice(build_lattice(feats), build_lattice_reference(feats))
 
 
-def test_large_coordinates_use_exact_double_embedding():
+def test_large_coordinates_use_exact_double_embedding(build_path):
     # Lattice coordinates beyond pydensecrf's int16 keys (it would overflow here).
     feats = gaussian_features(300, 200, 0.01, 0.01)
     lat = build_lattice(feats)
@@ -54,7 +62,7 @@ def test_large_coordinates_use_exact_double_embedding():
     assert_same_lattice(lat, build_lattice_reference(feats))
 
 
-def test_single_point_and_duplicates():
+def test_single_point_and_duplicates(build_path):
     one = build_lattice(torch.tensor([[0.3, -1.2]]))
     assert one.n_vertices == 3 and torch.allclose(one.weights.sum(), torch.tensor(1.0))
     same = build_lattice(torch.zeros(50, 4))
@@ -153,7 +161,7 @@ def test_operators_pass_opcheck(chelsea):
 @pytest.mark.parametrize("kind,m", [("bilateral", 21), ("gaussian", 21), ("gaussian", 3),
                                     ("bilateral", 1)])
 def test_build_and_filter_are_deterministic_across_thread_counts(astronaut, restore_threads,
-                                                                 kind, m):
+                                                                 build_path, kind, m):
     # One thread and two take different code paths (scatter vs gather splat; the gaussian
     # lattice's single-sweep blur vs parallel passes) that must give the same bits.
     feats = photo_features(astronaut, kind)

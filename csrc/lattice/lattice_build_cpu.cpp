@@ -1,11 +1,12 @@
 // CPU construction of the permutohedral lattice (see lattice.h for what it returns).
 //
-// The steps mirror the CUDA build (lattice_build_cuda.cu) and share its per-point and hash
-// table code: embed every point, insert every (point, vertex) entry into the lock-free table,
-// number vertices by first use, find each vertex's blur neighbours, and build the transposed
-// (vertex -> point) index used for gather-based splatting. Neighbours are found by a sort and merge
-// where the keys allow it (faster on a CPU, same result), by the table otherwise. Every step's
-// output is independent of the number of threads.
+// Every point is embedded with the per-point code the CUDA build shares
+// (permutohedral_math.h). Then, when the lattice keys pack into 64 bits (the usual case), the
+// rest is done by sorting entries (lattice_sort_cpu.h); otherwise as on the GPU (and sharing
+// its hash table code, lattice_table.h): insert every (point, vertex) entry into a lock-free
+// table, number vertices by first use, build the transposed (vertex -> point) index and look
+// up each vertex's blur neighbours. Both paths give the same lattice, and every step's output
+// is independent of the number of threads.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
@@ -14,12 +15,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <vector>
 
 #include "common/large_buffer.h"
 #include "lattice/lattice.h"
+#include "lattice/lattice_sort_cpu.h"
 #include "lattice/lattice_table.h"
 #include "lattice/permutohedral_math.h"
 
@@ -194,104 +197,7 @@ void build_splat_index(const int32_t* vertex_of_entry, const float* bary, int64_
   });
 }
 
-// Blur neighbours by sorting instead of hashing: when a vertex's d coordinates fit in 64 bits
-// (each stored as an offset from its minimum, in as many bits as its range needs), the packed
-// keys order vertices lexicographically, and the "+" neighbour along direction j is the key
-// plus a constant (every coordinate -1, coordinate j +d), which adds a constant to the packed
-// key without leaving any field. So one sort and, per direction, a merge of the sorted keys
-// with themselves shifted by that constant find every neighbour with sequential reads only;
-// the hash table's ~(d+1)V random probes cost several times more on the CPU.
-struct PackedKeys {
-  std::vector<uint64_t> key;    // sorted packed keys
-  std::vector<int32_t> vertex;  // the vertex of each
-  uint64_t delta[kMaxDim + 1];  // packed "+" step along each direction
-};
-
-bool pack_and_sort_keys(const int32_t* keys, int64_t nv, int d, PackedKeys& out) {
-  int64_t lo[kMaxDim], hi[kMaxDim];
-  for (int i = 0; i < d; ++i) lo[i] = INT64_MAX, hi[i] = INT64_MIN;
-  for (int64_t v = 0; v < nv; ++v) {
-    for (int i = 0; i < d; ++i) {
-      lo[i] = std::min<int64_t>(lo[i], keys[v * d + i]);
-      hi[i] = std::max<int64_t>(hi[i], keys[v * d + i]);
-    }
-  }
-  // Neighbour keys range over [lo - 1, hi + d]: field i stores key - (lo - 1).
-  int shift[kMaxDim];
-  int total = 0;
-  for (int i = d - 1; i >= 0; --i) {
-    const uint64_t range = static_cast<uint64_t>(hi[i] + d - (lo[i] - 1));
-    int bits = 1;
-    while (bits < 64 && (range >> bits) != 0) ++bits;
-    shift[i] = total;
-    total += bits;
-    if (total > 64) return false;
-  }
-  for (int j = 0; j <= d; ++j) {
-    uint64_t delta = 0;
-    for (int i = 0; i < d; ++i) {
-      const int64_t step = i == j ? d : -1;
-      delta += static_cast<uint64_t>(step) << shift[i];  // modulo 2^64, exact once summed
-    }
-    out.delta[j] = delta;
-  }
-  std::vector<uint64_t> key(nv);
-  std::vector<int32_t> vertex(nv);
-  for (int64_t v = 0; v < nv; ++v) {
-    uint64_t packed = 0;
-    for (int i = 0; i < d; ++i) {
-      packed += static_cast<uint64_t>(keys[v * d + i] - (lo[i] - 1)) << shift[i];
-    }
-    key[v] = packed;
-    vertex[v] = static_cast<int32_t>(v);
-  }
-  // LSD radix sort, 11 bits per pass, over the bits in use.
-  constexpr int kDigit = 11;
-  std::vector<uint64_t> key_tmp(nv);
-  std::vector<int32_t> vertex_tmp(nv);
-  std::vector<int64_t> count(size_t(1) << kDigit);
-  for (int bit = 0; bit < total; bit += kDigit) {
-    std::fill(count.begin(), count.end(), 0);
-    for (int64_t v = 0; v < nv; ++v) ++count[(key[v] >> bit) & ((1u << kDigit) - 1)];
-    int64_t sum = 0;
-    for (auto& c : count) {
-      const int64_t here = c;
-      c = sum;
-      sum += here;
-    }
-    for (int64_t v = 0; v < nv; ++v) {
-      const int64_t pos = count[(key[v] >> bit) & ((1u << kDigit) - 1)]++;
-      key_tmp[pos] = key[v];
-      vertex_tmp[pos] = vertex[v];
-    }
-    key.swap(key_tmp);
-    vertex.swap(vertex_tmp);
-  }
-  out.key = std::move(key);
-  out.vertex = std::move(vertex);
-  return true;
-}
-
-void find_neighbors_sorted(const PackedKeys& packed, int d, int64_t nv, int32_t* neighbors) {
-  at::parallel_for(0, d + 1, 1, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      int32_t* nb = neighbors + j * nv * 2;
-      int64_t a = 0;
-      for (int64_t t = 0; t < nv; ++t) {
-        const uint64_t target = packed.key[t] + packed.delta[j];
-        while (a < nv && packed.key[a] < target) ++a;
-        if (a == nv) break;
-        if (packed.key[a] == target) {
-          nb[int64_t(packed.vertex[t]) * 2 + 0] = packed.vertex[a];
-          nb[int64_t(packed.vertex[a]) * 2 + 1] = packed.vertex[t];
-        }
-      }
-    }
-  });
-}
-
-// Fallback when keys do not pack into 64 bits: look up the "+" neighbour along each direction
-// in the hash table; the "-" neighbour is the inverse relation (one-to-one), so it is written
+// Neighbours by the table (the hashing path): look up the "+" neighbour along each direction; the "-" neighbour is the inverse relation (one-to-one), so it is written
 // by the vertex that found it.
 void find_neighbors_hashed(const SimplexStore& store, const uint64_t* table, int64_t capacity,
                            const int32_t* vertex_keys, const int32_t* vertex_of_entry, int64_t nv,
@@ -323,6 +229,13 @@ void find_neighbors_hashed(const SimplexStore& store, const uint64_t* table, int
   });
 }
 
+// FASTSEG_BUILD_BY_HASHING=1 takes the hashing path even when keys pack, so that the tests
+// can check both paths against the reference on the same inputs.
+bool hashing_forced() {
+  const char* value = std::getenv("FASTSEG_BUILD_BY_HASHING");
+  return value != nullptr && value[0] == '1';
+}
+
 }  // namespace
 
 LatticeTensors permutohedral_build_cpu(const at::Tensor& features_in) {
@@ -346,10 +259,23 @@ LatticeTensors permutohedral_build_cpu(const at::Tensor& features_in) {
                          weights.data_ptr<float>());
   }
   const SimplexStore store{rem0.get(), rank.get(), d};
-
-  auto entry_slot = scratch_large<uint32_t>(n_entries);
-  // Holds each entry's seen owner while inserting, then its vertex number.
   at::Tensor vertices = empty_large({n, d + 1}, int_opts);
+
+  cpu::SortedBuild sorted_build;
+  if (!hashing_forced() && cpu::build_by_sorting(store, n, weights.data_ptr<float>(), vertices.data_ptr<int32_t>(),
+                            features.options(), &sorted_build)) {
+    return {vertices,
+            weights,
+            sorted_build.neighbors,
+            sorted_build.splat_offsets,
+            sorted_build.splat_points,
+            sorted_build.splat_weights,
+            sorted_build.keys};
+  }
+
+  // Keys too wide to pack: hash every entry instead. `vertices` holds each entry's seen owner
+  // while inserting, then its vertex number.
+  auto entry_slot = scratch_large<uint32_t>(n_entries);
   std::vector<uint64_t> table;
   int64_t capacity = 0;
   for (bool retry : {false, true}) {
@@ -376,13 +302,8 @@ LatticeTensors permutohedral_build_cpu(const at::Tensor& features_in) {
                     splat_weights.data_ptr<float>());
 
   at::Tensor neighbors = at::full({d + 1, nv, 2}, static_cast<int32_t>(nv), int_opts);
-  PackedKeys packed;
-  if (pack_and_sort_keys(keys.data_ptr<int32_t>(), nv, d, packed)) {
-    find_neighbors_sorted(packed, d, nv, neighbors.data_ptr<int32_t>());
-  } else {
-    find_neighbors_hashed(store, table.data(), capacity, keys.data_ptr<int32_t>(),
-                          vertices.data_ptr<int32_t>(), nv, neighbors.data_ptr<int32_t>());
-  }
+  find_neighbors_hashed(store, table.data(), capacity, keys.data_ptr<int32_t>(),
+                        vertices.data_ptr<int32_t>(), nv, neighbors.data_ptr<int32_t>());
   return {vertices, weights, neighbors, splat_offsets, splat_points, splat_weights, keys};
 }
 

@@ -68,14 +68,19 @@ struct SimplexStore {
   const int8_t* rank;
   int d;
 
-  C10_HOST_DEVICE inline void entry_key(int64_t entry, int32_t* key) const {
-    const int64_t point = entry / (d + 1);
-    const int r = static_cast<int>(entry - point * (d + 1));
+  // Key of the vertex of remainder r of the point's simplex.
+  C10_HOST_DEVICE inline void vertex_key(int64_t point, int r, int32_t* key) const {
     const int32_t* p_rem0 = rem0 + point * (d + 1);
     const int8_t* p_rank = rank + point * (d + 1);
     for (int i = 0; i < d; ++i) {
       key[i] = p_rem0[i] + (p_rank[i] <= d - r ? r : r - (d + 1));
     }
+  }
+
+  // Key of entry point * (d+1) + r.
+  C10_HOST_DEVICE inline void entry_key(int64_t entry, int32_t* key) const {
+    const int64_t point = entry / (d + 1);
+    vertex_key(point, static_cast<int>(entry - point * (d + 1)), key);
   }
 
   C10_HOST_DEVICE inline bool entry_has_key(int64_t entry, const int32_t* key) const {
