@@ -15,3 +15,16 @@ def has_kernel(op: str, device_type: str) -> bool:
     """Whether ``torch.ops.fastseg.<op>`` has a kernel for ``device_type`` ("cpu", "cuda")."""
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastseg::{op}", key)
+
+
+def empty_cache() -> int:
+    """Returns the large CPU buffers fastseg keeps for reuse to the system; returns the number
+    of bytes released.
+
+    Buffers of 4 MB or more (lattice tables, mean-field vertex buffers) are kept after a call,
+    up to ``FASTSEG_BUFFER_CACHE_MB`` (default 1024; 0 disables the cache), so that the next
+    call of the same size does not pay page faults on hundreds of MB again. A call whose sizes
+    no cached buffer fits releases the cache before allocating, so caching does not raise the
+    peak memory of a call.
+    """
+    return int(_C.empty_cache())

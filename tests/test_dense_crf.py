@@ -166,3 +166,16 @@ def test_mean_field_is_bitwise_identical_across_thread_counts(chelsea):
     finally:
         torch.set_num_threads(before)
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
+def test_large_buffers_are_cached_between_calls_and_released_on_request(astronaut):
+    probs = torch.from_numpy(image_probs(astronaut[:256, :256].copy(), 21))
+    image = astronaut[:256, :256].copy()
+    first = fastseg.dense_crf(probs, image)
+    fastseg.empty_cache()
+    fastseg.dense_crf(probs, image)
+    assert fastseg.empty_cache() > 0  # the call left its large buffers for the next one
+    assert fastseg.empty_cache() == 0
+    fastseg.dense_crf(probs, image)
+    again = fastseg.dense_crf(probs, image)  # reused (dirty) buffers give the same bits
+    assert torch.equal(first, again)

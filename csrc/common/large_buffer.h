@@ -1,8 +1,12 @@
-// Large CPU tensors backed by transparent huge pages where the kernel allows it.
+// Large CPU buffers: backed by transparent huge pages where the kernel allows it, and reused
+// across calls.
 //
 // A fresh 4 KiB-page allocation costs about 0.4 ms per MB in page faults on the machines we
-// measure on; the lattice's vertex buffers are 10-500 MB and are written once per call, so
-// faulting them in 4 KiB pages costs as much as the filtering. Huge pages cut that ~3x.
+// measure on (huge pages: about 0.06 ms per MB, still 15-30 ms for one 512x512 CRF call); the
+// lattice's vertex buffers are 10-500 MB and are written once per call. So blocks of 4 MB or
+// more are huge-page advised, and freed ones are cached (up to FASTSEG_BUFFER_CACHE_MB, default
+// 1024; 0 disables) for the next call of the same size; release_cached_buffers() (Python:
+// fastseg.empty_cache()) returns them to the system.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,6 +24,10 @@ struct FreeDeleter {
   void operator()(void* p) const;
 };
 void* allocate_large(size_t bytes);
+void free_large(void* ptr);
+
+// Frees every cached block; returns the bytes released.
+int64_t release_cached_buffers();
 
 template <typename T>
 std::unique_ptr<T[], FreeDeleter> scratch_large(int64_t n) {

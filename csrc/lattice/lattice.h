@@ -58,6 +58,13 @@ std::vector<MeanFieldTerm> collect_terms(
     const c10::List<c10::optional<at::Tensor>>& out_scales, at::TensorList compats,
     const c10::optional<at::Tensor>& q_init, int64_t iterations);
 
+// Whether an (N, M) tensor is the transposed view of a contiguous (M, N) one: mean_field then
+// returns Q in that label-major layout too (any other unary gets a contiguous Q).
+inline bool is_label_major(const at::Tensor& t) {
+  return t.dim() == 2 && t.size(0) > 1 && t.size(1) > 1 && t.stride(0) == 1 &&
+         t.stride(1) == t.size(0);
+}
+
 // Largest |elevated coordinate| the features can produce (see permutohedral_math.h); throws if
 // it is not finite or would overflow the lattice keys.
 double checked_elevated_bound(const at::Tensor& features);

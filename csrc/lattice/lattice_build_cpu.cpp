@@ -250,7 +250,7 @@ LatticeTensors permutohedral_build_cpu(const at::Tensor& features_in) {
   const auto int_opts = features.options().dtype(at::kInt);
   auto rem0 = scratch_large<int32_t>(n_entries);
   auto rank = scratch_large<int8_t>(n_entries);
-  at::Tensor weights = at::empty({n, d + 1}, features.options());
+  at::Tensor weights = empty_large({n, d + 1}, features.options());
   if (bound < kMaxFloatElevated) {
     embed_points<float>(features.data_ptr<float>(), n, d, rem0.get(), rank.get(),
                         weights.data_ptr<float>());

@@ -5,7 +5,6 @@
 // pydensecrf's iteration with these kernels and ATen's softmax, all on the device.
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/neg.h>
 #include <ATen/ops/softmax.h>
 #include <c10/cuda/CUDAException.h>
@@ -171,8 +170,9 @@ at::Tensor mean_field_cuda(const at::Tensor& unary_in, const c10::optional<at::T
     }
     q = at::softmax(logits, 1);
   }
-  // Q takes the memory layout of the unary, as on the CPU.
-  at::Tensor result = at::empty_like(unary_in);
+  // A label-major unary gives a label-major Q, as on the CPU.
+  at::Tensor result = is_label_major(unary_in) ? at::empty({q.size(1), q.size(0)}, q.options()).t()
+                                               : at::empty(q.sizes(), q.options());
   result.copy_(q);
   return result;
 }

@@ -2,7 +2,6 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -243,7 +242,7 @@ bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* 
   std::vector<int64_t> run_start(nv + 1);
   run_start[nv] = n_entries;
   const auto int_options = float_options.dtype(at::kInt);
-  at::Tensor keys = at::empty({nv, d}, int_options);
+  at::Tensor keys = empty_large({nv, d}, int_options);
   int32_t* keys_ptr = keys.data_ptr<int32_t>();
   at::parallel_for(0, entry_chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -265,15 +264,15 @@ bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* 
   });
 
   // Transposed (vertex -> point) index: run lengths give the CSR offsets in vertex order.
-  at::Tensor splat_offsets = at::empty({nv + 1}, float_options.dtype(at::kLong));
+  at::Tensor splat_offsets = empty_large({nv + 1}, float_options.dtype(at::kLong));
   int64_t* offsets = splat_offsets.data_ptr<int64_t>();
   at::parallel_for(0, nv, 16384, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) offsets[sorted.vertex[r]] = run_start[r + 1] - run_start[r];
   });
   offsets[nv] = 0;
   exclusive_prefix(offsets, nv + 1);
-  at::Tensor splat_points = at::empty({n_entries}, int_options);
-  at::Tensor splat_weights = at::empty({n_entries}, float_options);
+  at::Tensor splat_points = empty_large({n_entries}, int_options);
+  at::Tensor splat_weights = empty_large({n_entries}, float_options);
   int32_t* points = splat_points.data_ptr<int32_t>();
   float* weights = splat_weights.data_ptr<float>();
   at::parallel_for(0, nv, 4096, [&](int64_t begin, int64_t end) {
@@ -286,7 +285,11 @@ bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* 
     }
   });
 
-  at::Tensor neighbors = at::full({dp1, nv, 2}, static_cast<int32_t>(nv), int_options);
+  at::Tensor neighbors = empty_large({dp1, nv, 2}, int_options);
+  int32_t* nb = neighbors.data_ptr<int32_t>();
+  at::parallel_for(0, dp1 * nv * 2, 65536, [&](int64_t begin, int64_t end) {
+    std::fill(nb + begin, nb + end, static_cast<int32_t>(nv));
+  });
   find_neighbors_sorted(sorted, packing, nv, neighbors.data_ptr<int32_t>());
 
   out->n_vertices = nv;

@@ -5,7 +5,6 @@
 // One iteration, as pydensecrf computes it: for every term, filter Q with the term's lattice and
 // normalisation; logits = -unary + sum of compat(filtered); Q = softmax(logits).
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -33,9 +32,10 @@ at::Tensor mean_field_cpu(const at::Tensor& unary_in, const c10::optional<at::Te
   const int64_t n = unary_in.size(0);
   const int64_t m = unary_in.size(1);
   const auto opts = unary_in.options();
-  // Q takes the memory layout of the unary: a label-major (M, N) unary passed transposed gives
-  // a label-major Q, and neither is ever transposed in memory on its own.
-  at::Tensor result = at::empty_like(unary_in);
+  // A label-major (M, N) unary passed transposed gives a label-major Q: neither is ever
+  // transposed in memory on its own.
+  at::Tensor result = is_label_major(unary_in) ? empty_large({m, n}, opts).t()
+                                               : empty_large({n, m}, opts);
   if (m == 0) return result;
   auto unpad_result = [&](const at::Tensor& rows, int64_t s) {
     cpu::unpad_rows(rows.data_ptr<float>(), n, m, s, result.data_ptr<float>(), result.stride(0),

@@ -104,9 +104,10 @@ def mean_field(
     optional normalisation scales, and a compatibility ``compats[t]`` that says how its
     filtered values f enter the logits: a (M,) vector c gives ``logits += c * f``, a (M, M)
     matrix C gives ``logits += f @ C``. Starting from ``q_init`` (default softmax(-unary)),
-    each iteration sets ``Q = softmax(-unary + sum of messages)``. Returns Q (N, M), with the
-    memory layout of ``unary``: pass a label-major (M, N) unary as ``unary.T`` and Q comes back
-    label-major too, with no transposing copy on either side.
+    each iteration sets ``Q = softmax(-unary + sum of messages)``. Returns Q (N, M),
+    contiguous, or label-major when ``unary`` is (the transposed view of a contiguous (M, N)
+    tensor): pass a label-major unary as ``unary.T`` and no transposing copy is made on either
+    side.
     """
     def column(i: int) -> List[torch.Tensor]:
         return [lat[i] for lat in lattices]
@@ -157,7 +158,10 @@ def _filter_fake(values, vertices, weights, neighbors, splat_offsets, splat_poin
 @torch.library.register_fake("fastseg::mean_field")
 def _mean_field_fake(unary, q_init, vertices, weights, neighbors, splat_offsets, splat_points,
                      splat_weights, in_scales, out_scales, compats, iterations):
-    return torch.empty_like(unary)  # Q has the unary's memory layout
+    n, m = unary.shape
+    if n > 1 and m > 1 and unary.stride() == (1, n):  # label-major in, label-major out
+        return unary.new_empty((m, n)).T
+    return unary.new_empty((n, m))
 
 
 # --- autograd of the filter ----------------------------------------------------------------
