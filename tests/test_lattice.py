@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from fastseg.crf.features import bilateral_features, gaussian_features
-from fastseg.ops import build_lattice, permutohedral_filter
+from fastseg import ops as fastseg_ops
+from fastseg.ops import Lattice, build_lattice, permutohedral_filter
 from fastseg.reference.permutohedral import build_lattice_reference, filter_reference
 
 FIELDS = ("vertices", "weights", "neighbors", "splat_offsets", "splat_points", "splat_weights",
@@ -115,6 +116,47 @@ def test_mean_field_reads_and_returns_label_major_layouts(chelsea):
     assert got.stride() == unary_lm.T.stride()
     assert torch.equal(got, want)
     assert want.is_contiguous()
+
+
+def renumber_vertices(lat, order):
+    """The same lattice with vertex order[i] renamed i (no longer numbered by first use)."""
+    v = lat.n_vertices
+    new_id = torch.empty(v + 1, dtype=torch.int64)
+    new_id[order] = torch.arange(v)
+    new_id[v] = v
+    counts = (lat.splat_offsets[1:] - lat.splat_offsets[:-1])[order]
+    offsets = torch.zeros(v + 1, dtype=torch.int64)
+    offsets[1:] = counts.cumsum(0)
+    src = torch.arange(int(offsets[-1])) + torch.repeat_interleave(
+        lat.splat_offsets[:-1][order] - offsets[:-1], counts)
+    return Lattice(new_id[lat.vertices.long()].int(), lat.weights,
+                   new_id[lat.neighbors[:, order].long()].int(), offsets,
+                   lat.splat_points[src], lat.splat_weights[src], lat.keys[order])
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_filter_and_mean_field_do_not_depend_on_vertex_numbering(chelsea, restore_threads,
+                                                                  n_threads):
+    # Vertex numbers are only names: any numbering filters to the same values. (The scatter
+    # splat skips zeroing for lattices numbered by first use, the build's numbering; others
+    # must take the general path.)
+    torch.set_num_threads(n_threads)
+    lat = build_lattice(photo_features(chelsea[::3, ::3].copy(), "bilateral"))
+    shuffled = renumber_vertices(lat, torch.randperm(lat.n_vertices,
+                                                     generator=torch.Generator().manual_seed(0)))
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(lat.n_points, 21, generator=g)
+    s = torch.rand(lat.n_points, generator=g) + 0.5
+    assert torch.equal(permutohedral_filter(x, shuffled, s, s), permutohedral_filter(x, lat, s, s))
+    gauss = build_lattice(photo_features(chelsea[::3, ::3].copy(), "gaussian"))
+    unary = torch.rand(lat.n_points, 21, generator=g) * 3
+    compat = torch.full((21,), 3.0)
+
+    def run(bilateral):
+        lats = [gauss, bilateral]
+        return fastseg_ops.mean_field(unary, lats, [s, s], [s, s], [compat, compat], 3)
+
+    assert torch.equal(run(shuffled), run(lat))
 
 
 def test_reverse_filter_is_the_transpose(chelsea):

@@ -111,28 +111,48 @@ FASTSEG_CLONES void splat_range(const LatticeView& lat, const float* values, int
 }
 
 // Scatter form of the splat, one thread: points in order add their weighted rows to their
-// vertices. Every vertex receives its contributions in entry order starting from zero, exactly
-// as splat_range_w sums them, so the two forms give identical bits; this one streams through
-// the values instead of gathering scattered rows.
+// vertices. Every vertex receives its contributions in entry order, exactly as splat_range_w
+// sums them, so the two forms give the same values; this one streams through the values
+// instead of gathering scattered rows. When vertices are numbered by first use in entry order
+// (as the build numbers them), the vertex a point meets first is always the next number, so
+// its first contribution is stored rather than added and the buffer needs no zeroing pass.
 template <int W>
 FASTSEG_INLINE void splat_scatter_w(const LatticeView& lat, const float* values, int64_t s,
                                     float* buf) {
   using F = typename Vec<W>::f;
   const int dp1 = lat.d + 1;
-  for (int64_t k = 0; k < (lat.n_vertices + 1) * s; k += W) store<W>(buf + k, F{} + 0.f);
-  for (int64_t p = 0; p < lat.n_points; ++p) {
+  const int64_t n_points = lat.n_points;
+  const int32_t* vertices = lat.vertices;
+  const float* weights = lat.weights;
+  const float* in_scale = lat.in_scale;
+  const bool first_use = lat.first_use_numbered;
+  const int64_t zero_from = first_use ? lat.n_vertices * s : 0;
+  const int64_t zero_to = (lat.n_vertices + 1) * s;
+  for (int64_t k = zero_from; k < zero_to; k += W) store<W>(buf + k, F{} + 0.f);
+  int64_t next = 0;  // the lowest vertex not reached yet, when first_use
+  for (int64_t p = 0; p < n_points; ++p) {
     const float* src = values + p * s;
-    const float sc = lat.in_scale != nullptr ? lat.in_scale[p] : 1.f;
+    const float sc = in_scale != nullptr ? in_scale[p] : 1.f;
     for (int r = 0; r < dp1; ++r) {
-      const float w = lat.weights[p * dp1 + r];
-      float* dst = buf + static_cast<int64_t>(lat.vertices[p * dp1 + r]) * s;
-      if (lat.in_scale != nullptr) {
+      const float w = weights[p * dp1 + r];
+      const int64_t u = vertices[p * dp1 + r];
+      float* dst = buf + u * s;
+      // (value * norm) first, then the weight: pydensecrf's order of rounding.
+      if (first_use && u == next) {
+        ++next;
+        if (in_scale != nullptr) {
+          for (int64_t k = 0; k < s; k += W) store<W>(dst + k, w * (load<W>(src + k) * sc));
+        } else {
+          for (int64_t k = 0; k < s; k += W) store<W>(dst + k, w * load<W>(src + k));
+        }
+      } else if (in_scale != nullptr) {
         for (int64_t k = 0; k < s; k += W) {
           store<W>(dst + k, load<W>(dst + k) + w * (load<W>(src + k) * sc));
         }
       } else {
-        for (int64_t k = 0; k < s; k += W)
+        for (int64_t k = 0; k < s; k += W) {
           store<W>(dst + k, load<W>(dst + k) + w * load<W>(src + k));
+        }
       }
     }
   }
@@ -426,6 +446,21 @@ static FASTSEG_CLONES int32_t neighbor_distance_range(const int32_t* nb, int32_t
   return acc;
 }
 
+// Whether entries, in order, meet vertices 0, 1, 2, ... for the first time in that order,
+// every vertex being met.
+bool numbered_by_first_use(const int32_t* vertices, int64_t n_entries, int64_t nv) {
+  int64_t next = 0;
+  for (int64_t e = 0; e < n_entries; ++e) {
+    const int64_t u = vertices[e];
+    if (u == next) {
+      ++next;
+    } else if (u > next || u < 0) {
+      return false;
+    }
+  }
+  return next == nv;
+}
+
 // Largest |neighbour - vertex| over the blur neighbours that exist.
 int64_t max_neighbor_distance(const int32_t* neighbors, int d, int64_t nv) {
   int64_t reach = 0;
@@ -464,6 +499,7 @@ LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
   // pydensecrf: float alpha = 1.0f / (1 + powf(2, -d))
   v.alpha = 1.0f / (1.0f + std::pow(2.0f, static_cast<float>(-v.d)));
   v.neighbor_reach = max_neighbor_distance(v.neighbors, v.d, v.n_vertices);
+  v.first_use_numbered = numbered_by_first_use(v.vertices, v.n_points * (v.d + 1), v.n_vertices);
   return v;
 }
 

@@ -36,6 +36,7 @@ struct LatticeView {
   const float* out_scale = nullptr;        // (N,) or null
   float alpha = 1.f;                       // 1 / (1 + 2^-d)
   int64_t neighbor_reach = -1;             // max |neighbour - vertex| (make_view computes it)
+  bool first_use_numbered = false;         // vertices numbered by first use in entry order
 };
 
 // Tensors must be contiguous and stay alive while the view is used.
