@@ -21,10 +21,10 @@ def empty_cache() -> int:
     """Returns the large CPU buffers fastseg keeps for reuse to the system; returns the number
     of bytes released.
 
-    Buffers of 4 MB or more (lattice tables, mean-field vertex buffers) are kept after a call,
-    up to ``FASTSEG_BUFFER_CACHE_MB`` (default 1024; 0 disables the cache), so that the next
-    call of the same size does not pay page faults on hundreds of MB again. A call whose sizes
-    no cached buffer fits releases the cache before allocating, so caching does not raise the
-    peak memory of a call.
+    Buffers of 4 to 64 MB (lattice tables, mean-field vertex buffers) are kept after a call, up
+    to ``FASTSEG_BUFFER_CACHE_MB`` in all (default 512; 0 disables the cache), so that the next
+    call of the same size does not pay page faults on hundreds of MB again. A request that no
+    cached buffer fits releases the whole cache first, so caching does not add to the peak
+    memory of a call of a new size; between calls of one size the memory stays resident.
     """
     return int(_C.empty_cache())

@@ -20,13 +20,19 @@ namespace {
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr size_t kLargeBytes = 2 * kHugePage;  // pooled and huge-page advised from here on
 
+constexpr size_t kDefaultCacheBytes = size_t(512) << 20;
+// Larger blocks are never cached: they belong to calls whose compute dwarfs their page faults
+// (182 labels: 200 MB buffers, 5 s per call), and keeping them would add their size to the
+// memory the caller sees in use after the call.
+constexpr size_t kMaxCachedBlock = size_t(64) << 20;
+
 size_t cache_limit_bytes() {
   const char* env = std::getenv("FASTSEG_BUFFER_CACHE_MB");
-  if (env == nullptr || *env == '\0') return size_t(1024) << 20;
+  if (env == nullptr || *env == '\0') return kDefaultCacheBytes;
   try {
     return static_cast<size_t>(std::max(0LL, std::stoll(env))) << 20;
   } catch (const std::exception&) {
-    return size_t(1024) << 20;
+    return kDefaultCacheBytes;
   }
 }
 
@@ -102,7 +108,7 @@ void free_large(void* ptr) {
     if (it != p.live.end()) {
       const size_t size = it->second;
       p.live.erase(it);
-      if (p.cached_bytes + size <= p.limit) {
+      if (size <= kMaxCachedBlock && p.cached_bytes + size <= p.limit) {
         p.cached.emplace(size, ptr);
         p.cached_bytes += size;
         return;

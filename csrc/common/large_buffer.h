@@ -4,8 +4,8 @@
 // A fresh 4 KiB-page allocation costs about 0.4 ms per MB in page faults on the machines we
 // measure on (huge pages: about 0.06 ms per MB, still 15-30 ms for one 512x512 CRF call); the
 // lattice's vertex buffers are 10-500 MB and are written once per call. So blocks of 4 MB or
-// more are huge-page advised, and freed ones are cached (up to FASTSEG_BUFFER_CACHE_MB, default
-// 1024; 0 disables) for the next call of the same size; release_cached_buffers() (Python:
+// more are huge-page advised, and freed ones of at most 64 MB are cached (up to
+// FASTSEG_BUFFER_CACHE_MB in all, default 512; 0 disables) for the next call of the same size; release_cached_buffers() (Python:
 // fastseg.empty_cache()) returns them to the system.
 #pragma once
 
