@@ -43,8 +43,8 @@ size_t cache_limit_bytes() {
 // differ from the last one's.
 struct BufferPool {
   std::mutex mutex;
-  std::multimap<size_t, void*> cached;      // size -> block
-  std::unordered_map<void*, size_t> live;   // large blocks in use -> size
+  std::multimap<size_t, void*> cached;     // size -> block
+  std::unordered_map<void*, size_t> live;  // large blocks in use -> size
   size_t cached_bytes = 0;
   const size_t limit = cache_limit_bytes();
 

@@ -5,8 +5,8 @@
 // measure on (huge pages: about 0.06 ms per MB, still 15-30 ms for one 512x512 CRF call); the
 // lattice's vertex buffers are 10-500 MB and are written once per call. So blocks of 4 MB or
 // more are huge-page advised, and freed ones of at most 64 MB are cached (up to
-// FASTSEG_BUFFER_CACHE_MB in all, default 512; 0 disables) for the next call of the same size; release_cached_buffers() (Python:
-// fastseg.empty_cache()) returns them to the system.
+// FASTSEG_BUFFER_CACHE_MB in all, default 512; 0 disables) for the next call of the same size;
+// release_cached_buffers() (Python: fastseg.empty_cache()) returns them to the system.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -20,10 +20,8 @@
 // for baseline x86-64, whatever clone calls it.
 #define FASTSEG_INLINE inline __attribute__((always_inline))
 // Rows of whole 8-float vectors run fn<8>, shorter rows (stride 4) fn<4>, one-float rows fn<1>.
-#define FASTSEG_BY_WIDTH(s, fn, ...)                 \
-  ((s) % 8 == 0   ? fn<8>(__VA_ARGS__)              \
-   : (s) % 4 == 0 ? fn<4>(__VA_ARGS__)              \
-                  : fn<1>(__VA_ARGS__))
+#define FASTSEG_BY_WIDTH(s, fn, ...) \
+  ((s) % 8 == 0 ? fn<8>(__VA_ARGS__) : (s) % 4 == 0 ? fn<4>(__VA_ARGS__) : fn<1>(__VA_ARGS__))
 
 namespace fastseg {
 namespace lattice {
@@ -470,10 +468,9 @@ int64_t max_neighbor_distance(const int32_t* neighbors, int d, int64_t nv) {
                                 0, nv, 1 << 16, int64_t(0),
                                 [&](int64_t begin, int64_t end, int64_t acc) {
                                   return std::max<int64_t>(
-                                      acc, neighbor_distance_range(
-                                               nb, static_cast<int32_t>(nv),
-                                               static_cast<int32_t>(begin),
-                                               static_cast<int32_t>(end)));
+                                      acc, neighbor_distance_range(nb, static_cast<int32_t>(nv),
+                                                                   static_cast<int32_t>(begin),
+                                                                   static_cast<int32_t>(end)));
                                 },
                                 [](int64_t x, int64_t y) { return std::max(x, y); }));
   }
@@ -576,15 +573,15 @@ void softmax_neg(const float* unary, int64_t n, int64_t m, int64_t s, float* q) 
 // while the block's destination rows stay in cache.
 constexpr int64_t kPadBlock = 64;
 
-void pad_rows(const float* src, int64_t stride_p, int64_t stride_l, int64_t n, int64_t m,
-              int64_t s, float* dst) {
+void pad_rows(const float* src, int64_t stride_p, int64_t stride_l, int64_t n, int64_t m, int64_t s,
+              float* dst) {
   at::parallel_for(0, (n + kPadBlock - 1) / kPadBlock, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t p0 = b * kPadBlock, p1 = std::min(n, p0 + kPadBlock);
       for (int64_t p = p0; p < p1; ++p) std::fill(dst + p * s + m, dst + (p + 1) * s, 0.f);
       if (stride_l == 1) {
-        for (int64_t p = p0; p < p1; ++p) std::copy(src + p * stride_p, src + p * stride_p + m,
-                                                    dst + p * s);
+        for (int64_t p = p0; p < p1; ++p)
+          std::copy(src + p * stride_p, src + p * stride_p + m, dst + p * s);
       } else {
         for (int64_t l = 0; l < m; ++l) {
           for (int64_t p = p0; p < p1; ++p) dst[p * s + l] = src[p * stride_p + l * stride_l];
@@ -600,8 +597,8 @@ void unpad_rows(const float* src, int64_t n, int64_t m, int64_t s, float* dst, i
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t p0 = b * kPadBlock, p1 = std::min(n, p0 + kPadBlock);
       if (stride_l == 1) {
-        for (int64_t p = p0; p < p1; ++p) std::copy(src + p * s, src + p * s + m,
-                                                    dst + p * stride_p);
+        for (int64_t p = p0; p < p1; ++p)
+          std::copy(src + p * s, src + p * s + m, dst + p * stride_p);
       } else {
         for (int64_t l = 0; l < m; ++l) {
           for (int64_t p = p0; p < p1; ++p) dst[p * stride_p + l * stride_l] = src[p * s + l];

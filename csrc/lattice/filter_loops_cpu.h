@@ -85,8 +85,8 @@ void softmax_neg(const float* unary, int64_t n, int64_t m, int64_t s, float* q);
 // Copies an (n, m) matrix with any strides (element (p, l) at p * stride_p + l * stride_l, so
 // a transposed, label-major matrix is read without a separate transpose) into (n, s) rows with
 // zero padding, and back.
-void pad_rows(const float* src, int64_t stride_p, int64_t stride_l, int64_t n, int64_t m,
-              int64_t s, float* dst);
+void pad_rows(const float* src, int64_t stride_p, int64_t stride_l, int64_t n, int64_t m, int64_t s,
+              float* dst);
 void unpad_rows(const float* src, int64_t n, int64_t m, int64_t s, float* dst, int64_t stride_p,
                 int64_t stride_l);
 

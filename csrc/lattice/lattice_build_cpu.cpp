@@ -197,8 +197,8 @@ void build_splat_index(const int32_t* vertex_of_entry, const float* bary, int64_
   });
 }
 
-// Neighbours by the table (the hashing path): look up the "+" neighbour along each direction; the "-" neighbour is the inverse relation (one-to-one), so it is written
-// by the vertex that found it.
+// Neighbours by the table (the hashing path): look up the "+" neighbour along each direction; the
+// "-" neighbour is the inverse relation (one-to-one), so it is written by the vertex that found it.
 void find_neighbors_hashed(const SimplexStore& store, const uint64_t* table, int64_t capacity,
                            const int32_t* vertex_keys, const int32_t* vertex_of_entry, int64_t nv,
                            int32_t* neighbors) {
@@ -262,7 +262,8 @@ LatticeTensors permutohedral_build_cpu(const at::Tensor& features_in) {
   at::Tensor vertices = empty_large({n, d + 1}, int_opts);
 
   cpu::SortedBuild sorted_build;
-  if (!hashing_forced() && cpu::build_by_sorting(store, n, weights.data_ptr<float>(), vertices.data_ptr<int32_t>(),
+  if (!hashing_forced() &&
+      cpu::build_by_sorting(store, n, weights.data_ptr<float>(), vertices.data_ptr<int32_t>(),
                             features.options(), &sorted_build)) {
     return {vertices,
             weights,

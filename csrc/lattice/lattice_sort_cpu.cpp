@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "common/large_buffer.h"
 
@@ -14,6 +15,35 @@ namespace fastseg {
 namespace lattice {
 namespace cpu {
 namespace {
+
+// Field layout of packed keys: coordinate i is stored as key[i] - origin[i] in bits
+// [shift[i], shift[i] + width), coordinate 0 in the highest field.
+struct KeyPacking {
+  int d = 0;
+  int bits = 0;  // bits in use
+  int shift[kMaxDim] = {};
+  int width[kMaxDim] = {};
+  int64_t origin[kMaxDim] = {};
+  uint64_t delta[kMaxDim + 1] = {};  // packed "+" step along each direction
+
+  uint64_t pack(const int32_t* key) const {
+    uint64_t packed = 0;
+    for (int i = 0; i < d; ++i) packed += static_cast<uint64_t>(key[i] - origin[i]) << shift[i];
+    return packed;
+  }
+  void unpack(uint64_t packed, int32_t* key) const {
+    for (int i = 0; i < d; ++i) {
+      const uint64_t field = (packed >> shift[i]) & ((uint64_t(2) << (width[i] - 1)) - 1);
+      key[i] = static_cast<int32_t>(static_cast<int64_t>(field) + origin[i]);
+    }
+  }
+};
+
+// Distinct packed vertex keys in increasing order, and the vertex each belongs to.
+struct SortedVertices {
+  std::vector<uint64_t> key;
+  std::vector<int32_t> vertex;
+};
 
 // Work is split into a fixed number of contiguous chunks per step. Every step's output is
 // uniquely defined, so the chunk count (which follows the thread count) never shows in it.
@@ -44,8 +74,8 @@ int64_t exclusive_prefix(int64_t* counts, int64_t n) {
 // (measured: 4 passes of 12 bits sort a 45-bit lattice 20% faster than 5 passes of 9).
 constexpr int kMaxDigitBits = 12;
 
-}  // namespace
-
+// Plans fields for keys with coordinates in [lo[i], hi[i]] such that their "+" neighbours
+// (every coordinate -1, one of them +d) pack too. False if that needs more than 64 bits.
 bool plan_packing(const int64_t* lo, const int64_t* hi, int d, KeyPacking* out) {
   KeyPacking p;
   p.d = d;
@@ -72,6 +102,8 @@ bool plan_packing(const int64_t* lo, const int64_t* hi, int d, KeyPacking* out) 
   return true;
 }
 
+// Stable LSD radix sort of (key, value) pairs by the low `bits` bits of the keys, in parallel.
+// A stable sort has one possible output, so the result does not depend on the thread count.
 void radix_sort_pairs(uint64_t* key, int32_t* value, int64_t n, int bits) {
   if (n < 2 || bits <= 0) return;
   const int passes = (bits + kMaxDigitBits - 1) / kMaxDigitBits;
@@ -123,6 +155,9 @@ void radix_sort_pairs(uint64_t* key, int32_t* value, int64_t n, int bits) {
   }
 }
 
+// Writes each vertex's two blur neighbours along each direction into neighbors (d+1, nv, 2),
+// prefilled with nv ("missing"): the "+" neighbour of sorted key t along direction j is the
+// key equal to key[t] + delta[j], found by one merge of the sorted keys with themselves.
 void find_neighbors_sorted(const SortedVertices& sorted, const KeyPacking& packing, int64_t nv,
                            int32_t* neighbors) {
   const int d = packing.d;
@@ -142,6 +177,8 @@ void find_neighbors_sorted(const SortedVertices& sorted, const KeyPacking& packi
     }
   });
 }
+
+}  // namespace
 
 bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* bary,
                       int32_t* vertex_of_entry, const at::TensorOptions& float_options,
@@ -267,7 +304,8 @@ bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* 
   at::Tensor splat_offsets = empty_large({nv + 1}, float_options.dtype(at::kLong));
   int64_t* offsets = splat_offsets.data_ptr<int64_t>();
   at::parallel_for(0, nv, 16384, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) offsets[sorted.vertex[r]] = run_start[r + 1] - run_start[r];
+    for (int64_t r = begin; r < end; ++r)
+      offsets[sorted.vertex[r]] = run_start[r + 1] - run_start[r];
   });
   offsets[nv] = 0;
   exclusive_prefix(offsets, nv + 1);

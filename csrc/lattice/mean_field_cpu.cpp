@@ -34,8 +34,8 @@ at::Tensor mean_field_cpu(const at::Tensor& unary_in, const c10::optional<at::Te
   const auto opts = unary_in.options();
   // A label-major (M, N) unary passed transposed gives a label-major Q: neither is ever
   // transposed in memory on its own.
-  at::Tensor result = is_label_major(unary_in) ? empty_large({m, n}, opts).t()
-                                               : empty_large({n, m}, opts);
+  at::Tensor result =
+      is_label_major(unary_in) ? empty_large({m, n}, opts).t() : empty_large({n, m}, opts);
   if (m == 0) return result;
   auto unpad_result = [&](const at::Tensor& rows, int64_t s) {
     cpu::unpad_rows(rows.data_ptr<float>(), n, m, s, result.data_ptr<float>(), result.stride(0),
