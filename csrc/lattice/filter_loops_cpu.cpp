@@ -67,8 +67,9 @@ FASTSEG_INLINE void store(float* p, typename Vec<W>::f v) {
 }
 
 // Gathers read rows scattered over tens of MB; prefetching the rows needed kAhead steps later
-// overlaps their cache misses instead of paying them one after another.
-constexpr int64_t kAhead = 8;
+// overlaps their cache misses instead of paying them one after another (16 measured 2-9%
+// faster than 8 on one thread, 32 no better than 16).
+constexpr int64_t kAhead = 16;
 
 FASTSEG_INLINE void prefetch_row(const float* row, int64_t s) {
   for (int64_t k = 0; k < s; k += 16) __builtin_prefetch(row + k);
