@@ -401,7 +401,8 @@ FASTSEG_INLINE void update_range_w(const TermUpdate* terms, int n_terms, const f
   for (int64_t b = p_begin; b < p_end; b += kSoftmaxBlock) {
     const int64_t b_end = std::min(p_end, b + kSoftmaxBlock);
     for (int64_t p = b; p < b_end; ++p) {
-      if (p + 4 < p_end) prefetch_point(terms, n_terms, s, p + 4);
+      // Each point gathers (d+1) rows per term: 8 points ahead measured 2-9% faster than 4.
+      if (p + 8 < p_end) prefetch_point(terms, n_terms, s, p + 8);
       logits_point<W>(terms, n_terms, unary, s, q, scratch, p);
     }
     softmax_rows<W>(q + b * s, b_end - b, m, s);
