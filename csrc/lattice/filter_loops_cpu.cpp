@@ -571,43 +571,43 @@ void softmax_neg(const float* unary, int64_t n, int64_t m, int64_t s, float* q) 
   });
 }
 
-// Points are copied in blocks: a label-major source is read along its contiguous points,
-// while the block's destination rows stay in cache.
-constexpr int64_t kPadBlock = 64;
+// Copies an (n, m) matrix between two strided layouts, element (p, l) at p * sp + l * sl.
+// Points go in blocks: a label-major side is walked along its contiguous points while the
+// block's rows on the other side stay in cache. `zero_to` > m also zero-fills the destination
+// rows' lanes [m, zero_to) (padding, for row-major destinations).
+constexpr int64_t kCopyBlock = 64;
 
-void pad_rows(const float* src, int64_t stride_p, int64_t stride_l, int64_t n, int64_t m, int64_t s,
-              float* dst) {
-  at::parallel_for(0, (n + kPadBlock - 1) / kPadBlock, 16, [&](int64_t b0, int64_t b1) {
+void copy_matrix(const float* src, int64_t src_sp, int64_t src_sl, float* dst, int64_t dst_sp,
+                 int64_t dst_sl, int64_t n, int64_t m, int64_t zero_to) {
+  at::parallel_for(0, (n + kCopyBlock - 1) / kCopyBlock, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t p0 = b * kPadBlock, p1 = std::min(n, p0 + kPadBlock);
-      for (int64_t p = p0; p < p1; ++p) std::fill(dst + p * s + m, dst + (p + 1) * s, 0.f);
-      if (stride_l == 1) {
-        for (int64_t p = p0; p < p1; ++p)
-          std::copy(src + p * stride_p, src + p * stride_p + m, dst + p * s);
+      const int64_t p0 = b * kCopyBlock, p1 = std::min(n, p0 + kCopyBlock);
+      for (int64_t p = p0; p < p1; ++p) {
+        for (int64_t l = m; l < zero_to; ++l) dst[p * dst_sp + l * dst_sl] = 0.f;
+      }
+      if (src_sl == 1 && dst_sl == 1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          std::copy(src + p * src_sp, src + p * src_sp + m, dst + p * dst_sp);
+        }
       } else {
         for (int64_t l = 0; l < m; ++l) {
-          for (int64_t p = p0; p < p1; ++p) dst[p * s + l] = src[p * stride_p + l * stride_l];
+          for (int64_t p = p0; p < p1; ++p) {
+            dst[p * dst_sp + l * dst_sl] = src[p * src_sp + l * src_sl];
+          }
         }
       }
     }
   });
 }
 
+void pad_rows(const float* src, int64_t stride_p, int64_t stride_l, int64_t n, int64_t m, int64_t s,
+              float* dst) {
+  copy_matrix(src, stride_p, stride_l, dst, s, 1, n, m, s);
+}
+
 void unpad_rows(const float* src, int64_t n, int64_t m, int64_t s, float* dst, int64_t stride_p,
                 int64_t stride_l) {
-  at::parallel_for(0, (n + kPadBlock - 1) / kPadBlock, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t p0 = b * kPadBlock, p1 = std::min(n, p0 + kPadBlock);
-      if (stride_l == 1) {
-        for (int64_t p = p0; p < p1; ++p)
-          std::copy(src + p * s, src + p * s + m, dst + p * stride_p);
-      } else {
-        for (int64_t l = 0; l < m; ++l) {
-          for (int64_t p = p0; p < p1; ++p) dst[p * stride_p + l * stride_l] = src[p * s + l];
-        }
-      }
-    }
-  });
+  copy_matrix(src, s, 1, dst, stride_p, stride_l, n, m, m);
 }
 
 }  // namespace cpu

@@ -72,20 +72,21 @@ def compat_tensor(compat, n_labels: int, device, name: str = "compat") -> torch.
     raise ValueError(f"{name} must be a number, a 1-D or a 2-D array, got {c.dim()}-D")
 
 
-def normalisation_type(value, name: str = "normalization") -> NormalizationType:
+def _enum_member(enum_type, value, name: str):
+    """``value`` (an int or a member) as a member of ``enum_type``; ValueError naming ``name``."""
     try:
-        return NormalizationType(int(value))
+        return enum_type(int(value))
     except (ValueError, TypeError):
-        raise ValueError(f"{name} must be one of NO_NORMALIZATION, NORMALIZE_BEFORE, "
-                         f"NORMALIZE_AFTER, NORMALIZE_SYMMETRIC, got {value!r}") from None
+        choices = ", ".join(member.name for member in enum_type)
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}") from None
+
+
+def normalisation_type(value, name: str = "normalization") -> NormalizationType:
+    return _enum_member(NormalizationType, value, name)
 
 
 def kernel_type(value, name: str = "kernel") -> KernelType:
-    try:
-        return KernelType(int(value))
-    except (ValueError, TypeError):
-        raise ValueError(f"{name} must be one of CONST_KERNEL, DIAG_KERNEL, FULL_KERNEL, "
-                         f"got {value!r}") from None
+    return _enum_member(KernelType, value, name)
 
 
 def make_term(features: torch.Tensor, compat: torch.Tensor,
