@@ -330,7 +330,6 @@ bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* 
   });
   find_neighbors_sorted(sorted, packing, nv, neighbors.data_ptr<int32_t>());
 
-  out->n_vertices = nv;
   out->keys = keys;
   out->splat_offsets = splat_offsets;
   out->splat_points = splat_points;

@@ -24,7 +24,6 @@ namespace cpu {
 // file). Returns false, having written nothing, when the keys do not pack into 64 bits.
 // On success vertex_of_entry (N(d+1),) holds each entry's vertex, numbered by first use.
 struct SortedBuild {
-  int64_t n_vertices = 0;
   at::Tensor keys, splat_offsets, splat_points, splat_weights, neighbors;
 };
 bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* bary,
