@@ -303,57 +303,68 @@ FASTSEG_INLINE typename Vec<W>::f exp_nonpositive(typename Vec<W>::f x) {
   return underflow ? F{} + 0.f : p * scale;
 }
 
-// Sum and max of a vector's lanes, in a fixed pairwise order (deterministic).
-template <int W>
-FASTSEG_INLINE float lane_sum(typename Vec<W>::f v) {
-  float lanes[W];
-  std::memcpy(lanes, &v, sizeof(lanes));
-  for (int width = W / 2; width > 0; width /= 2) {
-    for (int i = 0; i < width; ++i) lanes[i] = lanes[i] + lanes[i + width];
-  }
-  return lanes[0];
+// Sum and max of a vector's lanes in a fixed pairwise order (deterministic): lanes i and
+// i + W/2, then i and i + W/4, ..., computed on halves of the vector in registers.
+typedef float Float2 __attribute__((vector_size(8)));
+
+FASTSEG_INLINE float lane_sum(Vec<1>::f v) { return v[0]; }
+FASTSEG_INLINE float lane_sum(Vec<4>::f v) {
+  const Float2 h = __builtin_shufflevector(v, v, 0, 1) + __builtin_shufflevector(v, v, 2, 3);
+  return h[0] + h[1];
 }
-template <int W>
-FASTSEG_INLINE float lane_max(typename Vec<W>::f v) {
-  float lanes[W];
-  std::memcpy(lanes, &v, sizeof(lanes));
-  for (int width = W / 2; width > 0; width /= 2) {
-    for (int i = 0; i < width; ++i)
-      lanes[i] = lanes[i] > lanes[i + width] ? lanes[i] : lanes[i + width];
-  }
-  return lanes[0];
+FASTSEG_INLINE float lane_sum(Vec<8>::f v) {
+  return lane_sum(Vec<4>::f(__builtin_shufflevector(v, v, 0, 1, 2, 3) +
+                            __builtin_shufflevector(v, v, 4, 5, 6, 7)));
+}
+template <typename V>
+FASTSEG_INLINE V vmax(V a, V b) { return b > a ? b : a; }
+FASTSEG_INLINE float lane_max(Vec<1>::f v) { return v[0]; }
+FASTSEG_INLINE float lane_max(Vec<4>::f v) {
+  const Float2 h = vmax(__builtin_shufflevector(v, v, 0, 1), __builtin_shufflevector(v, v, 2, 3));
+  return h[1] > h[0] ? h[1] : h[0];
+}
+FASTSEG_INLINE float lane_max(Vec<8>::f v) {
+  return lane_max(Vec<4>::f(vmax(__builtin_shufflevector(v, v, 0, 1, 2, 3),
+                                 __builtin_shufflevector(v, v, 4, 5, 6, 7))));
 }
 
 // Rows [0, n_rows) of `rows` (stride s) get softmax over their first m lanes, as pydensecrf's
 // expAndNormalize computes it (subtract the max, exponentiate, divide by the sum); padded lanes
 // end as 0. Each phase runs over a block of rows, whose independent exponentials keep the
 // pipeline full (one row alone is a chain of dependent operations); reductions run lane-wise
-// over whole vectors, padded lanes holding -inf, whose exponential is 0.
+// over whole vectors. Padded lanes (all in the last chunk, as s - m < W) are masked in
+// registers: -inf for the max, 0 after the exponential.
 constexpr int kSoftmaxBlock = 16;
 
 template <int W>
 FASTSEG_INLINE void softmax_rows(float* rows, int64_t n_rows, int64_t m, int64_t s) {
   using F = typename Vec<W>::f;
+  using I = typename Vec<W>::i;
+  const int64_t last = s - W;
+  int32_t lane_valid[W];
+  for (int i = 0; i < W; ++i) lane_valid[i] = last + i < m ? -1 : 0;
+  I valid;
+  std::memcpy(&valid, lane_valid, sizeof(valid));
+  const F minus_inf = F{} - __builtin_inff();
   float row_max[kSoftmaxBlock], row_sum[kSoftmaxBlock];
   for (int64_t r = 0; r < n_rows; ++r) {
-    float* row = rows + r * s;
-    for (int64_t k = m; k < s; ++k) row[k] = -__builtin_inff();
-    F mx = load<W>(row);
-    for (int64_t k = W; k < s; k += W) {
-      const F v = load<W>(row + k);
-      mx = v > mx ? v : mx;
-    }
-    row_max[r] = lane_max<W>(mx);
+    const float* row = rows + r * s;
+    F mx = valid ? load<W>(row + last) : minus_inf;
+    for (int64_t k = 0; k < last; k += W) mx = vmax(mx, load<W>(row + k));
+    row_max[r] = lane_max(mx);
   }
   for (int64_t r = 0; r < n_rows; ++r) {
     float* row = rows + r * s;
     F sum = F{} + 0.f;
-    for (int64_t k = 0; k < s; k += W) {
+    for (int64_t k = 0; k < last; k += W) {
       const F e = exp_nonpositive<W>(load<W>(row + k) - row_max[r]);
       store<W>(row + k, e);
       sum = sum + e;
     }
-    row_sum[r] = lane_sum<W>(sum);
+    F e = exp_nonpositive<W>(load<W>(row + last) - row_max[r]);
+    e = valid ? e : F{} + 0.f;
+    store<W>(row + last, e);
+    row_sum[r] = lane_sum(sum + e);
   }
   for (int64_t r = 0; r < n_rows; ++r) {
     float* row = rows + r * s;
