@@ -220,6 +220,29 @@ def test_build_and_filter_are_deterministic_across_thread_counts(astronaut, rest
         assert torch.equal(out, runs[0][1])
 
 
+@pytest.mark.parametrize("revisit", [False, True])
+def test_swept_gaussian_lattice_with_late_revisits(restore_threads, revisit):
+    # On one thread the gaussian lattice is splatted and blurred in one cache-resident sweep,
+    # which needs every vertex's points to arrive within a bounded window; a point at the end
+    # that revisits the first pixel's vertices breaks that bound (the splat must then run
+    # separately). Both must give the bits of two threads' gather splat and blur passes.
+    feats = gaussian_features(240, 200, 1.0, 1.0)
+    if revisit:
+        feats = torch.cat((feats, feats[:1]))
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(feats.shape[0], 21, generator=g)
+    s_in, s_out = torch.rand(2, feats.shape[0], generator=g) + 0.5
+    lat = build_lattice(feats)
+    outs = []
+    for n_threads in (1, 2):
+        torch.set_num_threads(n_threads)
+        outs.append(permutohedral_filter(x, lat, s_in, s_out))
+    assert torch.equal(outs[0], outs[1])
+    ref = filter_reference(x.double(), build_lattice_reference(feats), s_in.double(),
+                           s_out.double())
+    torch.testing.assert_close(outs[0].double(), ref, rtol=1e-4, atol=1e-5)
+
+
 def window_features(y0, y1, x0, x1, std):
     ys, xs = torch.meshgrid(torch.arange(y0, y1, dtype=torch.float32),
                             torch.arange(x0, x1, dtype=torch.float32), indexing="ij")

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -166,30 +167,99 @@ FASTSEG_CLONES void splat_scatter(const LatticeView& lat, const float* values, i
 // all within `reach` rows (the gaussian lattice of an image: about one image row of vertices).
 // Vertices are processed in blocks of B >= reach rows; pass j works on block k - 2j while pass
 // 0 works on block k, so every row a pass reads was finished by the pass before it. Passes
-// 0..d-1 write ring buffers of 4B rows that stay in cache; the last pass writes back into the
-// input buffer, whose rows pass 0 no longer needs by then (it is 2d >= 2 blocks ahead). Each
-// value is computed by the same expression from the same inputs as blur_range: same bits.
+// 0..d-1 write ring buffers of 4B rows that stay in cache; the last pass writes the output
+// buffer. Each value is computed by the same expression from the same inputs as blur_range:
+// same bits.
+//
+// The splat can feed the sweep too, when vertices are numbered by first use: points are
+// splatted in order into one more ring, kept just far enough ahead of pass 0 that every vertex
+// it reads has received all its points. Then the full-size buffer is written once (by the last
+// pass) instead of three times (splat, read back, last pass). A vertex is complete once the
+// splat has passed its last point; `splat_lead` bounds how many vertices can be started and
+// not complete at once, which sizes that ring.
 struct SweepPlan {
-  int64_t block;  // B
-  int64_t ring;   // rows per ring buffer, a power of two >= 4B
+  int64_t block;       // B
+  int64_t ring;        // rows per pass ring, a power of two >= 4B
+  int64_t splat_ring;  // rows of the splat ring (a power of two), or 0: the splat is separate
 };
 
+// Splat state of a fused sweep: points before `point` are splatted; vertices below `next`
+// are started, those below `complete` have all their points.
+struct SweepSplat {
+  int64_t point = 0, next = 0, complete = 0;
+};
+
+// Splats points in order into the splat ring until vertices [0, target) are complete; the
+// same expressions as splat_scatter_w (first contribution stored, then added in point order).
 template <int W>
-FASTSEG_INLINE void sweep_blur_w(const LatticeView& lat, float* a, int64_t s, bool reverse,
-                                 const SweepPlan& plan, float* rings, const float* zero) {
+FASTSEG_INLINE void sweep_splat_until(const LatticeView& lat, const float* values, int64_t s,
+                                      float* rows, int64_t mask, int64_t target, SweepSplat* st) {
+  using F = typename Vec<W>::f;
+  const int dp1 = lat.d + 1;
+  while (st->complete < target && st->point < lat.n_points) {
+    const int64_t p = st->point;
+    const float* src = values + p * s;
+    const float sc = lat.in_scale != nullptr ? lat.in_scale[p] : 1.f;
+    for (int r = 0; r < dp1; ++r) {
+      const float w = lat.weights[p * dp1 + r];
+      const int64_t u = lat.vertices[p * dp1 + r];
+      float* dst = rows + (u & mask) * s;
+      if (u == st->next) {
+        ++st->next;
+        if (lat.in_scale != nullptr) {
+          for (int64_t k = 0; k < s; k += W) store<W>(dst + k, w * (load<W>(src + k) * sc));
+        } else {
+          for (int64_t k = 0; k < s; k += W) store<W>(dst + k, w * load<W>(src + k));
+        }
+      } else if (lat.in_scale != nullptr) {
+        for (int64_t k = 0; k < s; k += W) {
+          store<W>(dst + k, load<W>(dst + k) + w * (load<W>(src + k) * sc));
+        }
+      } else {
+        for (int64_t k = 0; k < s; k += W) {
+          store<W>(dst + k, load<W>(dst + k) + w * load<W>(src + k));
+        }
+      }
+    }
+    st->point = p + 1;
+    // A vertex's points are listed in point order: its last one is the end of its CSR range.
+    while (st->complete < st->next &&
+           lat.splat_points[lat.splat_offsets[st->complete + 1] - 1] < st->point) {
+      ++st->complete;
+    }
+  }
+}
+
+// `values` is null when `a` already holds the splat: the last pass then writes the result back
+// into it, over rows pass 0 no longer needs (it is 2d >= 2 blocks ahead). Otherwise the values
+// are splatted on the way and `a` only receives the result.
+template <int W>
+FASTSEG_INLINE void sweep_blur_w(const LatticeView& lat, const float* values, float* a, int64_t s,
+                                 bool reverse, const SweepPlan& plan, float* rings,
+                                 const float* zero) {
   const int64_t nv = lat.n_vertices;
   const int d = lat.d;
   const int64_t mask = plan.ring - 1;
+  const int64_t splat_mask = plan.splat_ring - 1;
+  float* splat_rows = rings + d * plan.ring * s;
+  const bool fused = values != nullptr;
   const int64_t n_blocks = (nv + plan.block - 1) / plan.block;
   constexpr int64_t kLag = 2;
+  SweepSplat splat;
   auto in_row = [&](int j, int64_t v) -> const float* {
     if (v == nv) return zero;
-    return j == 0 ? a + v * s : rings + ((j - 1) * plan.ring + (v & mask)) * s;
+    if (j > 0) return rings + ((j - 1) * plan.ring + (v & mask)) * s;
+    return fused ? splat_rows + (v & splat_mask) * s : a + v * s;
   };
   for (int64_t step = 0; step < n_blocks + kLag * d; ++step) {
     for (int j = 0; j <= d; ++j) {
       const int64_t k = step - kLag * j;
       if (k < 0 || k >= n_blocks) continue;
+      // Pass 0 on block k reads rows [(k-1)B, (k+2)B) (as B >= reach): all must be complete.
+      if (j == 0 && fused) {
+        sweep_splat_until<W>(lat, values, s, splat_rows, splat_mask,
+                             std::min(nv, (k + 2) * plan.block), &splat);
+      }
       const int dir = reverse ? d - j : j;
       const int32_t* nb = lat.neighbors + static_cast<int64_t>(dir) * nv * 2;
       const int64_t end = std::min(nv, (k + 1) * plan.block);
@@ -206,23 +276,37 @@ FASTSEG_INLINE void sweep_blur_w(const LatticeView& lat, float* a, int64_t s, bo
   }
 }
 
-FASTSEG_CLONES void sweep_blur(const LatticeView& lat, float* a, int64_t s, bool reverse,
-                               const SweepPlan& plan, float* rings, const float* zero) {
-  FASTSEG_BY_WIDTH(s, sweep_blur_w, lat, a, s, reverse, plan, rings, zero);
+FASTSEG_CLONES void sweep_blur(const LatticeView& lat, const float* values, float* a, int64_t s,
+                               bool reverse, const SweepPlan& plan, float* rings,
+                               const float* zero) {
+  FASTSEG_BY_WIDTH(s, sweep_blur_w, lat, values, a, s, reverse, plan, rings, zero);
 }
 
 // The sweep pays off while its rings stay cache-resident and the lattice is much longer than
 // them: measured here, 5-9% of a mean-field iteration with 21 labels (rings of 0.8 MB); with
 // 182 labels the rings would take 6 MB and the sweep measured slower than the passes, hence the
-// 4 MB cap. Lattices with far-apart neighbours (the bilateral one) never qualify.
-bool plan_sweep(const LatticeView& lat, int64_t s, SweepPlan* plan) {
+// 4 MB cap. Lattices with far-apart neighbours (the bilateral one) never qualify. The splat is
+// fused in when the lattice allows it (see SweepPlan) and its ring fits in the same cap.
+constexpr int64_t kMaxRingBytes = int64_t(4) << 20;
+
+int64_t pow2_at_least(int64_t n) {
+  int64_t p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
+
+bool plan_sweep(const LatticeView& lat, int64_t s, bool fuse_splat, SweepPlan* plan) {
   if (lat.neighbor_reach < 0) return false;
   const int64_t block = std::max<int64_t>(lat.neighbor_reach, 256);
-  int64_t ring = 1;
-  while (ring < 4 * block) ring <<= 1;
-  const int64_t ring_bytes = static_cast<int64_t>(lat.d) * ring * s * sizeof(float);
-  if (ring_bytes > (int64_t(4) << 20) || lat.n_vertices < 4 * ring) return false;
-  *plan = SweepPlan{block, ring};
+  const int64_t ring = pow2_at_least(4 * block);
+  const int64_t row_bytes = s * static_cast<int64_t>(sizeof(float));
+  const int64_t ring_bytes = static_cast<int64_t>(lat.d) * ring * row_bytes;
+  if (ring_bytes > kMaxRingBytes || lat.n_vertices < 4 * ring) return false;
+  *plan = SweepPlan{block, ring, 0};
+  if (fuse_splat && lat.splat_lead >= 0) {
+    const int64_t splat_ring = pow2_at_least(3 * block + lat.splat_lead + lat.d + 1);
+    if (ring_bytes + splat_ring * row_bytes <= kMaxRingBytes) plan->splat_ring = splat_ring;
+  }
   return true;
 }
 
@@ -472,6 +556,21 @@ bool numbered_by_first_use(const int32_t* vertices, int64_t n_entries, int64_t n
   return next == nv;
 }
 
+// The most vertices started and not yet complete after any point, splatting points in order
+// (the state SweepSplat tracks); needs first-use numbering.
+static int64_t max_splat_lead(const LatticeView& lat) {
+  const int dp1 = lat.d + 1;
+  int64_t next = 0, complete = 0, lead = 0;
+  for (int64_t p = 0; p < lat.n_points; ++p) {
+    for (int r = 0; r < dp1; ++r) next += lat.vertices[p * dp1 + r] == next;
+    while (complete < next && lat.splat_points[lat.splat_offsets[complete + 1] - 1] <= p) {
+      ++complete;
+    }
+    lead = std::max(lead, next - complete);
+  }
+  return lead;
+}
+
 // Largest |neighbour - vertex| over the blur neighbours that exist.
 int64_t max_neighbor_distance(const int32_t* neighbors, int d, int64_t nv) {
   int64_t reach = 0;
@@ -510,6 +609,9 @@ LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
   v.alpha = 1.0f / (1.0f + std::pow(2.0f, static_cast<float>(-v.d)));
   v.neighbor_reach = max_neighbor_distance(v.neighbors, v.d, v.n_vertices);
   v.first_use_numbered = numbered_by_first_use(v.vertices, v.n_points * (v.d + 1), v.n_vertices);
+  // Only lattices that may be swept with rows of 4 or more floats need the splat lead.
+  const int64_t min_ring_bytes = 4 * v.neighbor_reach * v.d * 4 * int64_t(sizeof(float));
+  if (v.first_use_numbered && min_ring_bytes <= kMaxRingBytes) v.splat_lead = max_splat_lead(v);
   return v;
 }
 
@@ -520,47 +622,139 @@ void splat(const LatticeView& lat, const float* values, int64_t s, float* buf) {
   });
 }
 
+namespace {
+
+// Blur pass `step` (of 0..d, in the order the directions run) over vertices [begin, end).
+void blur_pass_range(const LatticeView& lat, int step, bool reverse, const float* src, float* dst,
+                     int64_t s, int64_t begin, int64_t end) {
+  const int j = reverse ? lat.d - step : step;
+  const int32_t* nb = lat.neighbors + static_cast<int64_t>(j) * lat.n_vertices * 2;
+  blur_range(nb, src, dst, s, begin, end);
+}
+
+// Blur passes first_step..d ping-ponging between a (their input) and b; returns the buffer
+// holding the result.
+float* blur_passes(const LatticeView& lat, float* a, float* b, int64_t s, bool reverse,
+                   int first_step) {
+  const int64_t nv = lat.n_vertices;
+  std::fill(b + nv * s, b + (nv + 1) * s, 0.f);
+  for (int step = first_step; step <= lat.d; ++step) {
+    at::parallel_for(0, nv, kGrain, [&](int64_t begin, int64_t end) {
+      blur_pass_range(lat, step, reverse, a, b, s, begin, end);
+    });
+    std::swap(a, b);
+  }
+  return a;
+}
+
+// The first blur pass of one term, shared out in chunks: threads that finish their own terms
+// early take chunks as soon as this term's splat is complete (they never wait for it), and
+// whatever is left runs in parallel afterwards. Any split computes every row the same way.
+class SharedFirstPass {
+ public:
+  SharedFirstPass(const LatticeView& lat, bool reverse, const float* src, float* dst, int64_t s)
+      : lat_(lat), reverse_(reverse), src_(src), dst_(dst), s_(s),
+        n_chunks_((lat.n_vertices + kChunk - 1) / kChunk) {}
+
+  void mark_ready() { ready_.store(true, std::memory_order_release); }
+
+  void help() {
+    if (!ready_.load(std::memory_order_acquire)) return;
+    for (int64_t c = next_.fetch_add(1); c < n_chunks_; c = next_.fetch_add(1)) run_chunk(c);
+  }
+
+  void finish() {
+    const int64_t first = std::min(next_.load(), n_chunks_);
+    at::parallel_for(first, n_chunks_, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) run_chunk(c);
+    });
+  }
+
+ private:
+  static constexpr int64_t kChunk = 2048;
+  void run_chunk(int64_t c) {
+    blur_pass_range(lat_, 0, reverse_, src_, dst_, s_, c * kChunk,
+                    std::min(lat_.n_vertices, (c + 1) * kChunk));
+  }
+  const LatticeView& lat_;
+  const bool reverse_;
+  const float* src_;
+  float* dst_;
+  const int64_t s_;
+  const int64_t n_chunks_;
+  std::atomic<int64_t> next_{0};
+  std::atomic<bool> ready_{false};
+};
+
+// A term's splat, and its whole blur when its lattice can be swept; returns whether it was.
+bool splat_term(const LatticeView& lat, const float* values, int64_t s, float* buf, bool reverse) {
+  SweepPlan plan;
+  if (!plan_sweep(lat, s, /*fuse_splat=*/true, &plan)) {
+    splat_scatter(lat, values, s, buf);
+    return false;
+  }
+  std::vector<float> rings(static_cast<size_t>(lat.d * plan.ring + plan.splat_ring) * s);
+  const std::vector<float> zero(s, 0.f);
+  if (plan.splat_ring > 0) {
+    std::fill(buf + lat.n_vertices * s, buf + (lat.n_vertices + 1) * s, 0.f);
+    sweep_blur(lat, values, buf, s, reverse, plan, rings.data(), zero.data());
+  } else {
+    splat_scatter(lat, values, s, buf);
+    sweep_blur(lat, nullptr, buf, s, reverse, plan, rings.data(), zero.data());
+  }
+  return true;
+}
+
+}  // namespace
+
 void splat_and_blur(const LatticeView* const* lats, int n_terms, const float* values, int64_t s,
                     float** bufs, float** spare, bool reverse) {
-  const int threads = at::get_num_threads();
-  std::vector<char> blurred(n_terms, 0);
-  if (threads < 2 || n_terms >= 2) {
-    // One task per term: splat in scatter form (same bits as the gather, streaming through
-    // the values), then, where the lattice allows it, the cache-resident sweep blur. With two
-    // terms on two threads the gaussian term's splat and sweep overlap the bilateral splat.
-    at::parallel_for(0, n_terms, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        splat_scatter(*lats[t], values, s, bufs[t]);
-        SweepPlan plan;
-        if (plan_sweep(*lats[t], s, &plan)) {
-          std::vector<float> rings(static_cast<size_t>(lats[t]->d) * plan.ring * s);
-          const std::vector<float> zero(s, 0.f);
-          sweep_blur(*lats[t], bufs[t], s, reverse, plan, rings.data(), zero.data());
-          blurred[t] = 1;
-        }
-      }
-    });
-  } else {
-    for (int t = 0; t < n_terms; ++t) splat(*lats[t], values, s, bufs[t]);  // gather, in parallel
+  if (at::get_num_threads() >= 2 && n_terms == 1) {
+    // One term on several threads: the gather splat and the passes, each in parallel.
+    splat(*lats[0], values, s, bufs[0]);
+    float* result = blur_passes(*lats[0], bufs[0], *spare, s, reverse, 0);
+    if (result != bufs[0]) std::swap(bufs[0], *spare);
+    return;
   }
+  // One task per term: splat in scatter form (same bits as the gather, streaming through the
+  // values), then, where the lattice allows it, the cache-resident sweep blur. With two terms
+  // on two threads the gaussian term's splat and sweep overlap the bilateral splat, and the
+  // thread done first starts the bilateral term's first blur pass. Only one term at a time can
+  // be mid-blur (they share the spare buffer): the first one blurred by passes.
+  int early = -1;
+  for (int t = 0; t < n_terms && early < 0; ++t) {
+    SweepPlan plan;
+    if (!plan_sweep(*lats[t], s, /*fuse_splat=*/true, &plan)) early = t;
+  }
+  std::vector<char> swept(n_terms, 0);
+  std::unique_ptr<SharedFirstPass> first_pass;
+  if (early >= 0) {
+    const int64_t nv = lats[early]->n_vertices;
+    std::fill(*spare + nv * s, *spare + (nv + 1) * s, 0.f);
+    first_pass.reset(new SharedFirstPass(*lats[early], reverse, bufs[early], *spare, s));
+  }
+  at::parallel_for(0, n_terms, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      swept[t] = splat_term(*lats[t], values, s, bufs[t], reverse);
+      if (t == early) first_pass->mark_ready();
+    }
+    if (first_pass) first_pass->help();
+  });
   for (int t = 0; t < n_terms; ++t) {
-    if (blurred[t]) continue;
-    float* result = blur(*lats[t], bufs[t], *spare, s, reverse);  // passes, in parallel
+    if (swept[t]) continue;
+    float* result;
+    if (t == early) {
+      first_pass->finish();
+      result = blur_passes(*lats[t], *spare, bufs[t], s, reverse, 1);
+    } else {
+      result = blur_passes(*lats[t], bufs[t], *spare, s, reverse, 0);
+    }
     if (result != bufs[t]) std::swap(bufs[t], *spare);
   }
 }
 
 float* blur(const LatticeView& lat, float* a, float* b, int64_t s, bool reverse) {
-  const int64_t nv = lat.n_vertices;
-  std::fill(b + nv * s, b + (nv + 1) * s, 0.f);
-  for (int step = 0; step <= lat.d; ++step) {
-    const int j = reverse ? lat.d - step : step;
-    const int32_t* nb = lat.neighbors + static_cast<int64_t>(j) * nv * 2;
-    at::parallel_for(0, nv, kGrain,
-                     [&](int64_t begin, int64_t end) { blur_range(nb, a, b, s, begin, end); });
-    std::swap(a, b);
-  }
-  return a;
+  return blur_passes(lat, a, b, s, reverse, 0);
 }
 
 void slice(const LatticeView& lat, const float* buf, int64_t s, float* out) {

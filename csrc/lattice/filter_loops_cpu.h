@@ -37,6 +37,8 @@ struct LatticeView {
   float alpha = 1.f;                       // 1 / (1 + 2^-d)
   int64_t neighbor_reach = -1;             // max |neighbour - vertex| (make_view computes it)
   bool first_use_numbered = false;         // vertices numbered by first use in entry order
+  int64_t splat_lead = -1;  // most vertices started, not complete, splatting in point order
+                            // (make_view computes it where a fused sweep may use it)
 };
 
 // Tensors must be contiguous and stay alive while the view is used.
