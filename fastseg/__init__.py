@@ -8,10 +8,11 @@
 * ``fastseg.atrous_conv2d`` / ``fastseg.AtrousConv2d``: dilated convolution with fused
   batch-norm, residual and ReLU epilogues;
 * ``fastseg.ops``: the underlying ``torch.ops.fastseg`` operators;
-* ``fastseg.empty_cache``: returns the CPU buffers kept for reuse between calls.
+* ``fastseg.empty_cache``: releases the buffers and gaussian lattices kept for reuse between
+  calls.
 """
 from fastseg import _native  # noqa: F401  (registers the torch.ops.fastseg operators)
-from fastseg._native import empty_cache
+from fastseg.caches import empty_cache
 from fastseg.atrous import AtrousConv2d, atrous_conv2d, batchnorm_scale_shift
 from fastseg.atrous_pyramid import ASPP, aspp
 from fastseg.crf.dense_crf import dense_crf

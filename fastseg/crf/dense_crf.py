@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from fastseg.crf import checks
-from fastseg.crf.features import bilateral_features, gaussian_features
+from fastseg.crf.features import bilateral_features
+from fastseg.crf.grid_terms import gaussian_grid_term
 from fastseg.crf.mean_field import infer
 from fastseg.crf.terms import NormalizationType, make_term
 
@@ -72,20 +73,22 @@ def dense_crf(probs: torch.Tensor, image, *, iterations: int = 10, pos_w: float 
                          f"{height}x{width} (H x W)")
     checks.all_finite(probs_b, "probs")
 
+    # The gaussian term depends on the image size only: one for the whole batch (and kept for
+    # later calls at this size, see grid_terms).
+    compat_pos = torch.full((n_labels,), pos_w, dtype=torch.float32, device=probs.device)
+    compat_bi = torch.full((n_labels,), bi_w, dtype=torch.float32, device=probs.device)
+    gaussian = gaussian_grid_term(height, width, pos_xy_std, pos_xy_std,
+                                  NormalizationType.NORMALIZE_SYMMETRIC, compat_pos,
+                                  device=probs.device, what="gaussian features (pos_xy_std)")
     out = []
     for b in range(n_batch):
         # Label-major (C, H*W) throughout: mean-field reads the unary through its transposed
         # view and returns Q in the same layout, so nothing is transposed in memory.
         p = probs_b[b].to(torch.float32).reshape(n_labels, -1)
         unary = torch.log(p.clamp(UNARY_CLIP, 1.0)).neg_()
-        compat_pos = torch.full((n_labels,), pos_w, dtype=torch.float32, device=probs.device)
-        compat_bi = torch.full((n_labels,), bi_w, dtype=torch.float32, device=probs.device)
-        pos = gaussian_features(height, width, pos_xy_std, pos_xy_std, device=probs.device)
         bil = bilateral_features(image_b[b], bi_xy_std, bi_xy_std, (bi_rgb_std,) * 3)
         checks.lattice_features(bil, "bilateral features (bi_xy_std, bi_rgb_std)")
-        checks.lattice_features(pos, "gaussian features (pos_xy_std)")
-        terms = [make_term(pos, compat_pos, NormalizationType.NORMALIZE_SYMMETRIC),
-                 make_term(bil, compat_bi, NormalizationType.NORMALIZE_SYMMETRIC)]
+        terms = [gaussian, make_term(bil, compat_bi, NormalizationType.NORMALIZE_SYMMETRIC)]
         q = infer(unary.T, terms, iterations)
         out.append(q.T.reshape(n_labels, height, width))
     result = (out[0][None] if n_batch == 1 else torch.stack(out)).to(probs.dtype)

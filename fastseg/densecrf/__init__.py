@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from fastseg.crf import checks
-from fastseg.crf.features import bilateral_features, gaussian_features
+from fastseg.crf.features import bilateral_features
+from fastseg.crf.grid_terms import gaussian_grid_term
 from fastseg.crf.mean_field import infer, kl_divergence
 from fastseg.crf.terms import (KernelType, NormalizationType, PairwiseTerm, compat_tensor,
                                kernel_type, make_term, normalisation_type)
@@ -188,9 +189,13 @@ class DenseCRF2D(DenseCRF):
                             normalization=NORMALIZE_SYMMETRIC):
         """Adds a Gaussian term on pixel positions, standard deviation ``sxy`` (or (sx, sy))."""
         sx, sy = checks.std_tuple(sxy, 2, "sxy")
-        feats = gaussian_features(self._h, self._w, sx, sy, device=self._device)
-        checks.lattice_features(feats, f"gaussian features (sxy={sxy})")
-        self._add_term(feats, compat, kernel, normalization)
+        kernel_type(kernel)
+        norm = normalisation_type(normalization)
+        c = compat_tensor(compat, self._nlabel, self._device)
+        # Built once per image size and kept for later images (see fastseg.crf.grid_terms).
+        self._terms.append(gaussian_grid_term(self._h, self._w, sx, sy, norm, c,
+                                              device=self._device,
+                                              what=f"gaussian features (sxy={sxy})"))
 
     def addPairwiseBilateral(self, sxy, srgb, rgbim, compat, kernel=DIAG_KERNEL,
                              normalization=NORMALIZE_SYMMETRIC):
