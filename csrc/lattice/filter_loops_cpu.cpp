@@ -8,6 +8,8 @@
 #include <memory>
 #include <vector>
 
+#include "common/large_buffer.h"
+
 // The row loops are compiled for AVX-512, AVX2 and baseline x86-64 and chosen at load time.
 // Contraction is off (setup.py), and no loop reassociates a sum, so every clone computes the
 // same bits.
@@ -283,10 +285,14 @@ FASTSEG_CLONES void sweep_blur(const LatticeView& lat, const float* values, floa
 
 // The sweep pays off while its rings stay cache-resident and the lattice is much longer than
 // them: measured here, 5-9% of a mean-field iteration with 21 labels (rings of 0.8 MB); with
-// 182 labels the rings would take 6 MB and the sweep measured slower than the passes, hence the
-// 4 MB cap. Lattices with far-apart neighbours (the bilateral one) never qualify. The splat is
-// fused in when the lattice allows it (see SweepPlan) and its ring fits in the same cap.
+// 182 labels the pass rings alone would take 6 MB and that sweep measured slower than the
+// passes, hence the 4 MB cap. Fusing the splat in saves a write and a read of the whole splat
+// buffer, which outweighs rings far beyond the caches: astronaut with 182 labels (9 MB of
+// rings) 5% faster on two threads and 7-9% on one, 1024x768 with 182 labels (18 MB) 10%; hence
+// a 24 MB cap for fused sweeps. Lattices with far-apart neighbours (the bilateral one) never
+// qualify.
 constexpr int64_t kMaxRingBytes = int64_t(4) << 20;
+constexpr int64_t kMaxFusedRingBytes = int64_t(24) << 20;
 
 int64_t pow2_at_least(int64_t n) {
   int64_t p = 1;
@@ -298,14 +304,18 @@ bool plan_sweep(const LatticeView& lat, int64_t s, bool fuse_splat, SweepPlan* p
   if (lat.neighbor_reach < 0) return false;
   const int64_t block = std::max<int64_t>(lat.neighbor_reach, 256);
   const int64_t ring = pow2_at_least(4 * block);
+  if (lat.n_vertices < 4 * ring) return false;
   const int64_t row_bytes = s * static_cast<int64_t>(sizeof(float));
   const int64_t ring_bytes = static_cast<int64_t>(lat.d) * ring * row_bytes;
-  if (ring_bytes > kMaxRingBytes || lat.n_vertices < 4 * ring) return false;
-  *plan = SweepPlan{block, ring, 0};
   if (fuse_splat && lat.splat_lead >= 0) {
     const int64_t splat_ring = pow2_at_least(3 * block + lat.splat_lead + lat.d + 1);
-    if (ring_bytes + splat_ring * row_bytes <= kMaxRingBytes) plan->splat_ring = splat_ring;
+    if (ring_bytes + splat_ring * row_bytes <= kMaxFusedRingBytes) {
+      *plan = SweepPlan{block, ring, splat_ring};
+      return true;
+    }
   }
+  if (ring_bytes > kMaxRingBytes) return false;
+  *plan = SweepPlan{block, ring, 0};
   return true;
 }
 
@@ -612,7 +622,9 @@ LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
   v.first_use_numbered = numbered_by_first_use(v.vertices, v.n_points * (v.d + 1), v.n_vertices);
   // Only lattices that may be swept with rows of 4 or more floats need the splat lead.
   const int64_t min_ring_bytes = 4 * v.neighbor_reach * v.d * 4 * int64_t(sizeof(float));
-  if (v.first_use_numbered && min_ring_bytes <= kMaxRingBytes) v.splat_lead = max_splat_lead(v);
+  if (v.first_use_numbered && min_ring_bytes <= kMaxFusedRingBytes) {
+    v.splat_lead = max_splat_lead(v);
+  }
   return v;
 }
 
@@ -632,14 +644,16 @@ bool splat_term(const LatticeView& lat, const float* values, int64_t s, float* b
     splat_scatter(lat, values, s, buf);
     return false;
   }
-  std::vector<float> rings(static_cast<size_t>(lat.d * plan.ring + plan.splat_ring) * s);
+  // Every ring row is written before it is read: no initialisation. (Up to 24 MB: pooled, so
+  // the next iteration reuses mapped pages.)
+  auto rings = scratch_large<float>((lat.d * plan.ring + plan.splat_ring) * s);
   const std::vector<float> zero(s, 0.f);
   if (plan.splat_ring > 0) {
     std::fill(buf + lat.n_vertices * s, buf + (lat.n_vertices + 1) * s, 0.f);
-    sweep_blur(lat, values, buf, s, reverse, plan, rings.data(), zero.data());
+    sweep_blur(lat, values, buf, s, reverse, plan, rings.get(), zero.data());
   } else {
     splat_scatter(lat, values, s, buf);
-    sweep_blur(lat, nullptr, buf, s, reverse, plan, rings.data(), zero.data());
+    sweep_blur(lat, nullptr, buf, s, reverse, plan, rings.get(), zero.data());
   }
   return true;
 }
