@@ -77,9 +77,13 @@ def test_barycentric_weights_are_a_partition_of_unity(astronaut):
     assert float(lat.weights.min()) >= -1e-6
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("kind", ["gaussian", "bilateral"])
 @pytest.mark.parametrize("m", [1, 3, 8, 21])
-def test_filter_matches_reference(chelsea, kind, m):
+def test_filter_matches_reference(chelsea, restore_threads, kind, m, n_threads):
+    # One thread splats in scatter form (and sweeps the gaussian lattice, its splat fused in);
+    # two gather and run the passes in parallel. Both directions orders, both paths.
+    torch.set_num_threads(n_threads)
     feats = photo_features(chelsea[::3, ::3].copy(), kind)
     lat = build_lattice(feats)
     g = torch.Generator().manual_seed(m)
