@@ -196,7 +196,6 @@ struct SweepSplat {
 template <int W>
 FASTSEG_INLINE void sweep_splat_until(const LatticeView& lat, const float* values, int64_t s,
                                       float* rows, int64_t mask, int64_t target, SweepSplat* st) {
-  using F = typename Vec<W>::f;
   const int dp1 = lat.d + 1;
   while (st->complete < target && st->point < lat.n_points) {
     const int64_t p = st->point;
