@@ -73,8 +73,8 @@ def dense_crf(probs: torch.Tensor, image, *, iterations: int = 10, pos_w: float 
                          f"{height}x{width} (H x W)")
     checks.all_finite(probs_b, "probs")
 
-    # The gaussian term depends on the image size only: one for the whole batch (and kept for
-    # later calls at this size, see grid_terms).
+    # The gaussian term depends on the image size and pos_xy_std only: one for the whole batch
+    # (and kept for later calls of this size, see grid_terms).
     compat_pos = torch.full((n_labels,), pos_w, dtype=torch.float32, device=probs.device)
     compat_bi = torch.full((n_labels,), bi_w, dtype=torch.float32, device=probs.device)
     gaussian = gaussian_grid_term(height, width, pos_xy_std, pos_xy_std,

@@ -50,6 +50,7 @@ def gaussian_grid_term(height: int, width: int, sx: float, sy: float,
     stays in the cache; ``what`` names the arguments in the error raised for unusable features.
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
+    limit = _cache_limit_bytes()  # a bad setting fails before any work
     key = (int(height), int(width), float(sx), float(sy), int(normalization), str(device))
     with _lock:
         cached = _terms.get(key)
@@ -59,7 +60,6 @@ def gaussian_grid_term(height: int, width: int, sx: float, sy: float,
     feats = gaussian_features(height, width, sx, sy, device=device)
     checks.lattice_features(feats, what)
     term = make_term(feats, compat, normalization)
-    limit = _cache_limit_bytes()
     size = _term_bytes(term)
     if size <= limit:
         with _lock:
