@@ -112,6 +112,45 @@ FASTSEG_CLONES void splat_range(const LatticeView& lat, const float* values, int
   FASTSEG_BY_WIDTH(s, splat_range_w, lat, values, s, buf, v_begin, v_end);
 }
 
+// Point p's splat contributions, scattered: its weighted row goes to the row of each of its
+// vertices, row_of(u); a vertex's first contribution (first(u), called once per vertex met, in
+// entry order) is stored, later ones are added. (value * norm) first, then the weight:
+// pydensecrf's order of rounding.
+template <int W, typename RowOf, typename First>
+FASTSEG_INLINE void scatter_point(const LatticeView& lat, const float* values, int64_t s, int64_t p,
+                                  const RowOf& row_of, const First& first) {
+  const int dp1 = lat.d + 1;
+  const float* src = values + p * s;
+  const float* in_scale = lat.in_scale;
+  const float sc = in_scale != nullptr ? in_scale[p] : 1.f;
+  for (int r = 0; r < dp1; ++r) {
+    const float w = lat.weights[p * dp1 + r];
+    const int64_t u = lat.vertices[p * dp1 + r];
+    float* dst = row_of(u);
+    if (first(u)) {
+      if (in_scale != nullptr) {
+        for (int64_t k = 0; k < s; k += W) store<W>(dst + k, w * (load<W>(src + k) * sc));
+      } else {
+        for (int64_t k = 0; k < s; k += W) store<W>(dst + k, w * load<W>(src + k));
+      }
+    } else if (in_scale != nullptr) {
+      for (int64_t k = 0; k < s; k += W) {
+        store<W>(dst + k, load<W>(dst + k) + w * (load<W>(src + k) * sc));
+      }
+    } else {
+      for (int64_t k = 0; k < s; k += W) {
+        store<W>(dst + k, load<W>(dst + k) + w * load<W>(src + k));
+      }
+    }
+  }
+}
+
+// The last point of vertex v: its points are listed in point order, so the end of its CSR
+// range. Once the splat has passed it, v has all its contributions.
+FASTSEG_INLINE int64_t last_point(const LatticeView& lat, int64_t v) {
+  return lat.splat_points[lat.splat_offsets[v + 1] - 1];
+}
+
 // Scatter form of the splat, one thread: points in order add their weighted rows to their
 // vertices. Every vertex receives its contributions in entry order, exactly as splat_range_w
 // sums them, so the two forms give the same values; this one streams through the values
@@ -122,42 +161,14 @@ template <int W>
 FASTSEG_INLINE void splat_scatter_w(const LatticeView& lat, const float* values, int64_t s,
                                     float* buf) {
   using F = typename Vec<W>::f;
-  const int dp1 = lat.d + 1;
-  const int64_t n_points = lat.n_points;
-  const int32_t* vertices = lat.vertices;
-  const float* weights = lat.weights;
-  const float* in_scale = lat.in_scale;
   const bool first_use = lat.first_use_numbered;
   const int64_t zero_from = first_use ? lat.n_vertices * s : 0;
   const int64_t zero_to = (lat.n_vertices + 1) * s;
   for (int64_t k = zero_from; k < zero_to; k += W) store<W>(buf + k, F{} + 0.f);
   int64_t next = 0;  // the lowest vertex not reached yet, when first_use
-  for (int64_t p = 0; p < n_points; ++p) {
-    const float* src = values + p * s;
-    const float sc = in_scale != nullptr ? in_scale[p] : 1.f;
-    for (int r = 0; r < dp1; ++r) {
-      const float w = weights[p * dp1 + r];
-      const int64_t u = vertices[p * dp1 + r];
-      float* dst = buf + u * s;
-      // (value * norm) first, then the weight: pydensecrf's order of rounding.
-      if (first_use && u == next) {
-        ++next;
-        if (in_scale != nullptr) {
-          for (int64_t k = 0; k < s; k += W) store<W>(dst + k, w * (load<W>(src + k) * sc));
-        } else {
-          for (int64_t k = 0; k < s; k += W) store<W>(dst + k, w * load<W>(src + k));
-        }
-      } else if (in_scale != nullptr) {
-        for (int64_t k = 0; k < s; k += W) {
-          store<W>(dst + k, load<W>(dst + k) + w * (load<W>(src + k) * sc));
-        }
-      } else {
-        for (int64_t k = 0; k < s; k += W) {
-          store<W>(dst + k, load<W>(dst + k) + w * load<W>(src + k));
-        }
-      }
-    }
-  }
+  auto row_of = [&](int64_t u) { return buf + u * s; };
+  auto first = [&](int64_t u) { return first_use && u == next ? (++next, true) : false; };
+  for (int64_t p = 0; p < lat.n_points; ++p) scatter_point<W>(lat, values, s, p, row_of, first);
 }
 
 FASTSEG_CLONES void splat_scatter(const LatticeView& lat, const float* values, int64_t s,
@@ -191,43 +202,17 @@ struct SweepSplat {
   int64_t point = 0, next = 0, complete = 0;
 };
 
-// Splats points in order into the splat ring until vertices [0, target) are complete; the
-// same expressions as splat_scatter_w (first contribution stored, then added in point order).
+// Splats points in order into the splat ring until vertices [0, target) are complete, as
+// splat_scatter_w does into a full buffer.
 template <int W>
 FASTSEG_INLINE void sweep_splat_until(const LatticeView& lat, const float* values, int64_t s,
                                       float* rows, int64_t mask, int64_t target, SweepSplat* st) {
-  const int dp1 = lat.d + 1;
+  auto row_of = [&](int64_t u) { return rows + (u & mask) * s; };
+  auto first = [&](int64_t u) { return u == st->next ? (++st->next, true) : false; };
   while (st->complete < target && st->point < lat.n_points) {
-    const int64_t p = st->point;
-    const float* src = values + p * s;
-    const float sc = lat.in_scale != nullptr ? lat.in_scale[p] : 1.f;
-    for (int r = 0; r < dp1; ++r) {
-      const float w = lat.weights[p * dp1 + r];
-      const int64_t u = lat.vertices[p * dp1 + r];
-      float* dst = rows + (u & mask) * s;
-      if (u == st->next) {
-        ++st->next;
-        if (lat.in_scale != nullptr) {
-          for (int64_t k = 0; k < s; k += W) store<W>(dst + k, w * (load<W>(src + k) * sc));
-        } else {
-          for (int64_t k = 0; k < s; k += W) store<W>(dst + k, w * load<W>(src + k));
-        }
-      } else if (lat.in_scale != nullptr) {
-        for (int64_t k = 0; k < s; k += W) {
-          store<W>(dst + k, load<W>(dst + k) + w * (load<W>(src + k) * sc));
-        }
-      } else {
-        for (int64_t k = 0; k < s; k += W) {
-          store<W>(dst + k, load<W>(dst + k) + w * load<W>(src + k));
-        }
-      }
-    }
-    st->point = p + 1;
-    // A vertex's points are listed in point order: its last one is the end of its CSR range.
-    while (st->complete < st->next &&
-           lat.splat_points[lat.splat_offsets[st->complete + 1] - 1] < st->point) {
-      ++st->complete;
-    }
+    scatter_point<W>(lat, values, s, st->point, row_of, first);
+    ++st->point;
+    while (st->complete < st->next && last_point(lat, st->complete) < st->point) ++st->complete;
   }
 }
 
@@ -574,9 +559,7 @@ static int64_t max_splat_lead(const LatticeView& lat) {
   int64_t next = 0, complete = 0, lead = 0;
   for (int64_t p = 0; p < lat.n_points; ++p) {
     for (int r = 0; r < dp1; ++r) next += lat.vertices[p * dp1 + r] == next;
-    while (complete < next && lat.splat_points[lat.splat_offsets[complete + 1] - 1] <= p) {
-      ++complete;
-    }
+    while (complete < next && last_point(lat, complete) <= p) ++complete;
     lead = std::max(lead, next - complete);
   }
   return lead;
@@ -646,7 +629,7 @@ void blur_pass_range(const LatticeView& lat, int step, bool reverse, const float
 }
 
 // Blur passes first_step..d ping-ponging between a (their input) and b; returns the buffer
-// holding the result.
+// holding the result. Directions run 0..d, or d..0 when reverse (the transposed filter).
 float* blur_passes(const LatticeView& lat, float* a, float* b, int64_t s, bool reverse,
                    int first_step) {
   const int64_t nv = lat.n_vertices;
@@ -703,13 +686,14 @@ class SharedFirstPass {
   std::atomic<bool> ready_{false};
 };
 
-// A term's splat, and its whole blur when its lattice can be swept; returns whether it was.
-bool splat_term(const LatticeView& lat, const float* values, int64_t s, float* buf, bool reverse) {
-  SweepPlan plan;
-  if (!plan_sweep(lat, s, /*fuse_splat=*/true, &plan)) {
+// A term's splat, and its whole blur when it has a sweep plan.
+void splat_term(const LatticeView& lat, const SweepPlan* plan_or_null, const float* values,
+                int64_t s, float* buf, bool reverse) {
+  if (plan_or_null == nullptr) {
     splat_scatter(lat, values, s, buf);
-    return false;
+    return;
   }
+  const SweepPlan& plan = *plan_or_null;
   // Every ring row is written before it is read: no initialisation. (Up to 24 MB: pooled, so
   // the next iteration reuses mapped pages.)
   auto rings = scratch_large<float>((lat.d * plan.ring + plan.splat_ring) * s);
@@ -721,7 +705,6 @@ bool splat_term(const LatticeView& lat, const float* values, int64_t s, float* b
     splat_scatter(lat, values, s, buf);
     sweep_blur(lat, nullptr, buf, s, reverse, plan, rings.get(), zero.data());
   }
-  return true;
 }
 
 }  // namespace
@@ -742,12 +725,13 @@ void splat_and_blur(const LatticeView* const* lats, int n_terms, const float* va
   // task is the longer one by ~30% and this took 4-9% off a call (no change with 21 labels,
   // where the two tasks are even). Only one term at a time can be mid-blur (they share the
   // spare buffer): the first one blurred by passes.
-  int early = -1;
-  for (int t = 0; t < n_terms && early < 0; ++t) {
-    SweepPlan plan;
-    if (!plan_sweep(*lats[t], s, /*fuse_splat=*/true, &plan)) early = t;
-  }
+  std::vector<SweepPlan> plans(n_terms);
   std::vector<char> swept(n_terms, 0);
+  int early = -1;
+  for (int t = 0; t < n_terms; ++t) {
+    swept[t] = plan_sweep(*lats[t], s, /*fuse_splat=*/true, &plans[t]);
+    if (!swept[t] && early < 0) early = t;
+  }
   std::unique_ptr<SharedFirstPass> first_pass;
   if (early >= 0) {
     const int64_t nv = lats[early]->n_vertices;
@@ -756,7 +740,7 @@ void splat_and_blur(const LatticeView* const* lats, int n_terms, const float* va
   }
   at::parallel_for(0, n_terms, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      swept[t] = splat_term(*lats[t], values, s, bufs[t], reverse);
+      splat_term(*lats[t], swept[t] ? &plans[t] : nullptr, values, s, bufs[t], reverse);
       if (t == early) first_pass->mark_ready();
     }
     if (first_pass) first_pass->help();
@@ -772,10 +756,6 @@ void splat_and_blur(const LatticeView* const* lats, int n_terms, const float* va
     }
     if (result != bufs[t]) std::swap(bufs[t], *spare);
   }
-}
-
-float* blur(const LatticeView& lat, float* a, float* b, int64_t s, bool reverse) {
-  return blur_passes(lat, a, b, s, reverse, 0);
 }
 
 void slice(const LatticeView& lat, const float* buf, int64_t s, float* out) {

@@ -59,10 +59,6 @@ void splat(const LatticeView& lat, const float* values, int64_t s, float* buf);
 void splat_and_blur(const LatticeView* const* lats, int n_terms, const float* values, int64_t s,
                     float** bufs, float** spare, bool reverse);
 
-// d+1 blur passes ping-ponging between a (holding the splat) and b; returns the one holding
-// the result. Directions run 0..d, or d..0 when reverse (the transposed filter).
-float* blur(const LatticeView& lat, float* a, float* b, int64_t s, bool reverse);
-
 // out = out_scale * alpha * slice(buf), for all points.
 void slice(const LatticeView& lat, const float* buf, int64_t s, float* out);
 
