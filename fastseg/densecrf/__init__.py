@@ -119,10 +119,14 @@ class DenseCRF:
         self._add_term(feats, compat, kernel, normalization)
 
     def _add_term(self, feats: torch.Tensor, compat, kernel, normalization) -> None:
+        c, norm = self._term_arguments(compat, kernel, normalization)
+        self._terms.append(make_term(feats, c, norm))
+
+    def _term_arguments(self, compat, kernel, normalization):
+        """pydensecrf's compat, kernel and normalization arguments, checked: (compat, norm)."""
         kernel_type(kernel)
         norm = normalisation_type(normalization)
-        c = compat_tensor(compat, self._nlabel, self._device)
-        self._terms.append(make_term(feats, c, norm))
+        return compat_tensor(compat, self._nlabel, self._device), norm
 
     # -- inference -----------------------------------------------------------------------
 
@@ -189,9 +193,7 @@ class DenseCRF2D(DenseCRF):
                             normalization=NORMALIZE_SYMMETRIC):
         """Adds a Gaussian term on pixel positions, standard deviation ``sxy`` (or (sx, sy))."""
         sx, sy = checks.std_tuple(sxy, 2, "sxy")
-        kernel_type(kernel)
-        norm = normalisation_type(normalization)
-        c = compat_tensor(compat, self._nlabel, self._device)
+        c, norm = self._term_arguments(compat, kernel, normalization)
         # Built once per image size and kept for later images (see fastseg.crf.grid_terms).
         self._terms.append(gaussian_grid_term(self._h, self._w, sx, sy, norm, c,
                                               device=self._device,
