@@ -163,6 +163,55 @@ def test_filter_and_mean_field_do_not_depend_on_vertex_numbering(chelsea, restor
     assert torch.equal(run(shuffled), run(lat))
 
 
+def mean_field_one_iteration_at_a_time(unary, lats, scales, compats, iterations):
+    """Mean-field as separate one-iteration calls: a single iteration blurs by passes from one
+    buffer into another, while a call of several runs them in place along blur chains."""
+    q = None
+    for _ in range(iterations):
+        q = fastseg_ops.mean_field(unary, lats, scales, scales, compats, 1, q_init=q)
+    return q
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("terms", ["bilateral", "gaussian+bilateral"])
+@pytest.mark.parametrize("m", [1, 5, 21, 182])
+def test_blur_chains_give_the_bits_of_the_plain_passes(chelsea, restore_threads, n_threads,
+                                                        terms, m):
+    torch.set_num_threads(n_threads)
+    image = chelsea[::3, ::3].copy()
+    lats = [build_lattice(photo_features(image, kind)) for kind in terms.split("+")]
+    g = torch.Generator().manual_seed(7)
+    n = lats[0].n_points
+    unary = torch.rand(n, m, generator=g) * 4
+    s = torch.rand(n, generator=g) + 0.5
+    compats = [torch.full((m,), 3.0)] * len(lats)
+    want = mean_field_one_iteration_at_a_time(unary, lats, [s] * len(lats), compats, 4)
+    got = fastseg_ops.mean_field(unary, lats, [s] * len(lats), [s] * len(lats), compats, 4)
+    assert torch.equal(got, want)
+
+
+def test_asymmetric_neighbour_table_is_blurred_as_given(chelsea, restore_threads):
+    # Blur chains need each vertex's next neighbour to name it as its previous one, as every
+    # built lattice's table does. A table that breaks this (here one vertex's next neighbour is
+    # redirected) must be blurred as written, by the plain passes, not along chains.
+    torch.set_num_threads(2)
+    lat = build_lattice(photo_features(chelsea[::4, ::4].copy(), "bilateral"))
+    nb = lat.neighbors.clone()
+    v = lat.n_vertices
+    heads = ((nb[0, :, 0] == v) & (nb[0, :, 1] < v)).nonzero().flatten()
+    a, b = int(heads[0]), int(heads[1])
+    nb[0, a, 1] = nb[0, b, 1]  # a's next now has b as its previous, not a
+    broken = lat._replace(neighbors=nb)
+    g = torch.Generator().manual_seed(8)
+    unary = torch.rand(lat.n_points, 8, generator=g) * 4
+    s = torch.rand(lat.n_points, generator=g) + 0.5
+    compats = [torch.full((8,), 3.0)]
+    want = mean_field_one_iteration_at_a_time(unary, [broken], [s], compats, 3)
+    got = fastseg_ops.mean_field(unary, [broken], [s], [s], compats, 3)
+    assert torch.equal(got, want)
+    assert not torch.equal(got, fastseg_ops.mean_field(unary, [lat], [s], [s], compats, 3))
+
+
 def test_reverse_filter_is_the_transpose(chelsea):
     lat = build_lattice(photo_features(chelsea[::4, ::4].copy(), "bilateral"))
     g = torch.Generator().manual_seed(0)

@@ -32,6 +32,7 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kGrain = 512;
+constexpr int64_t kChainGrain = 256;  // chains (of a few vertices each) per parallel task
 
 const float* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<float>() : nullptr;
@@ -327,6 +328,40 @@ FASTSEG_CLONES void blur_range(const int32_t* nb, const float* src, float* dst, 
   FASTSEG_BY_WIDTH(s, blur_range_w, nb, src, dst, s, v_begin, v_end);
 }
 
+// The same pass in place along chains [c_begin, c_end) of one direction: each chained vertex
+// becomes x + 0.5 (previous + next) from the values before the pass, a missing neighbour read
+// from the zero row: blur_range_w's expression on the same operands, so the same bits. `prev`
+// (s floats) holds the previous vertex's value from before the pass. Unchained vertices keep
+// their value, which blur_range_w computes as x + 0.5 (0 + 0): the same number (a -0 stays -0
+// here and becomes +0 there; the two compare equal, and so do all later sums).
+template <int W>
+FASTSEG_INLINE void blur_chains_w(const int32_t* chain, const int64_t* starts, int64_t c_begin,
+                                  int64_t c_end, float* x, int64_t s, float* prev,
+                                  const float* zero) {
+  const int64_t e_end = starts[c_end];
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    const float* before = zero;
+    const int64_t last = starts[c + 1] - 1;
+    for (int64_t e = starts[c]; e <= last; ++e) {
+      if (e + kAhead < e_end) prefetch_row(x + static_cast<int64_t>(chain[e + kAhead]) * s, s);
+      float* cur = x + static_cast<int64_t>(chain[e]) * s;
+      const float* after = e < last ? x + static_cast<int64_t>(chain[e + 1]) * s : zero;
+      for (int64_t k = 0; k < s; k += W) {
+        const typename Vec<W>::f old = load<W>(cur + k);
+        store<W>(cur + k, old + 0.5f * (load<W>(before + k) + load<W>(after + k)));
+        store<W>(prev + k, old);
+      }
+      before = prev;
+    }
+  }
+}
+
+FASTSEG_CLONES void blur_chains(const int32_t* chain, const int64_t* starts, int64_t c_begin,
+                                int64_t c_end, float* x, int64_t s, float* prev,
+                                const float* zero) {
+  FASTSEG_BY_WIDTH(s, blur_chains_w, chain, starts, c_begin, c_end, x, s, prev, zero);
+}
+
 // out = out_scale[p] * sum_r (alpha w_r) buf[vertex_r], accumulated from zero in vertex order.
 template <int W>
 FASTSEG_INLINE void slice_point(const LatticeView& lat, const float* buf, int64_t s, int64_t p,
@@ -611,6 +646,80 @@ LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
   return v;
 }
 
+// One direction's chains: a scan for first vertices (no previous neighbour, a next one), then
+// a walk from each, checking that the table is symmetric (the next vertex's previous is the
+// current one) and that every vertex with a neighbour ends up chained; false if not. Each step
+// of a walk is a dependent load from a table of megabytes, so kWalkers walks advance in
+// lockstep, each prefetching its next entry a round ahead: their cache misses overlap (1.5x
+// faster than one walk at a time).
+static bool chain_direction(const int32_t* nb, int64_t nv, std::vector<int32_t>* chain,
+                            std::vector<int64_t>* starts) {
+  constexpr int kWalkers = 16;
+  // Branch-free scan (whether a vertex comes first in a chain is a coin flip to the predictor).
+  int64_t linked = 0;  // vertices with at least one neighbour
+  std::vector<int32_t> firsts(nv + 1);
+  int64_t n_firsts = 0;
+  for (int64_t v = 0; v < nv; ++v) {
+    const int64_t before = nb[2 * v], after = nb[2 * v + 1];
+    linked += (before != nv) | (after != nv);
+    firsts[n_firsts] = static_cast<int32_t>(v);
+    n_firsts += (before == nv) & (after != nv);
+  }
+  chain->reserve(linked);
+  starts->reserve(n_firsts + 1);
+  std::vector<int32_t> walk[kWalkers];
+  for (int64_t f = 0; f < n_firsts; f += kWalkers) {
+    const int n = static_cast<int>(std::min<int64_t>(kWalkers, n_firsts - f));
+    // Walk w stands at vertex at[w], reached from prev[w] (nv for a first vertex), and has
+    // prefetched its table entry; each round checks and records it, then moves on.
+    int64_t at[kWalkers], prev[kWalkers];
+    for (int w = 0; w < n; ++w) {
+      at[w] = firsts[f + w];
+      prev[w] = nv;
+      walk[w].clear();
+    }
+    for (bool moving = true; moving;) {
+      moving = false;
+      for (int w = 0; w < n; ++w) {
+        const int64_t u = at[w];
+        if (u == nv) continue;
+        if (u < 0 || u > nv || nb[2 * u] != prev[w]) return false;
+        walk[w].push_back(static_cast<int32_t>(u));
+        prev[w] = u;
+        at[w] = nb[2 * u + 1];
+        if (at[w] != nv) {
+          __builtin_prefetch(nb + 2 * at[w]);
+          moving = true;
+        }
+      }
+    }
+    for (int w = 0; w < n; ++w) {
+      if (static_cast<int64_t>(chain->size() + walk[w].size()) > linked) return false;
+      starts->push_back(static_cast<int64_t>(chain->size()));
+      chain->insert(chain->end(), walk[w].begin(), walk[w].end());
+    }
+  }
+  starts->push_back(static_cast<int64_t>(chain->size()));
+  return static_cast<int64_t>(chain->size()) == linked;
+}
+
+BlurChains build_blur_chains(const LatticeView& lat) {
+  const int64_t nv = lat.n_vertices;
+  const int n_dirs = lat.d + 1;
+  BlurChains chains;
+  chains.vertices.resize(n_dirs);
+  chains.starts.resize(n_dirs);
+  std::vector<char> ok(n_dirs, 0);
+  at::parallel_for(0, n_dirs, 1, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      ok[j] =
+          chain_direction(lat.neighbors + j * nv * 2, nv, &chains.vertices[j], &chains.starts[j]);
+    }
+  });
+  if (std::find(ok.begin(), ok.end(), 0) != ok.end()) return BlurChains{};
+  return chains;
+}
+
 void splat(const LatticeView& lat, const float* values, int64_t s, float* buf) {
   std::fill(buf + lat.n_vertices * s, buf + (lat.n_vertices + 1) * s, 0.f);
   at::parallel_for(0, lat.n_vertices, kGrain, [&](int64_t begin, int64_t end) {
@@ -620,25 +729,42 @@ void splat(const LatticeView& lat, const float* values, int64_t s, float* buf) {
 
 namespace {
 
-// Blur pass `step` (of 0..d, in the order the directions run) over vertices [begin, end).
-void blur_pass_range(const LatticeView& lat, int step, bool reverse, const float* src, float* dst,
-                     int64_t s, int64_t begin, int64_t end) {
-  const int j = reverse ? lat.d - step : step;
-  const int32_t* nb = lat.neighbors + static_cast<int64_t>(j) * lat.n_vertices * 2;
-  blur_range(nb, src, dst, s, begin, end);
+// A blur pass is run in units: vertices when it reads one buffer and writes another, chains
+// when the lattice has chains and the pass runs in place.
+int64_t pass_units(const LatticeView& lat, int step, bool reverse) {
+  if (lat.chains == nullptr) return lat.n_vertices;
+  return static_cast<int64_t>(lat.chains->starts[reverse ? lat.d - step : step].size()) - 1;
 }
 
-// Blur passes first_step..d ping-ponging between a (their input) and b; returns the buffer
-// holding the result. Directions run 0..d, or d..0 when reverse (the transposed filter).
+// Blur pass `step` (of 0..d, in the order the directions run) over units [begin, end): from
+// src into dst, or, with chains, in place in src (dst unused). Rows V of src and dst are zero.
+void blur_pass_units(const LatticeView& lat, int step, bool reverse, float* src, float* dst,
+                     int64_t s, int64_t begin, int64_t end) {
+  const int j = reverse ? lat.d - step : step;
+  if (lat.chains == nullptr) {
+    const int32_t* nb = lat.neighbors + static_cast<int64_t>(j) * lat.n_vertices * 2;
+    blur_range(nb, src, dst, s, begin, end);
+    return;
+  }
+  std::unique_ptr<float[]> prev(new float[s]);
+  blur_chains(lat.chains->vertices[j].data(), lat.chains->starts[j].data(), begin, end, src, s,
+              prev.get(), src + lat.n_vertices * s);
+}
+
+// Blur passes first_step..d of a, which holds their input; returns the buffer holding the
+// result: a itself with chains, else a or b (the passes ping-pong between them). Directions run
+// 0..d, or d..0 when reverse (the transposed filter).
 float* blur_passes(const LatticeView& lat, float* a, float* b, int64_t s, bool reverse,
                    int first_step) {
   const int64_t nv = lat.n_vertices;
-  std::fill(b + nv * s, b + (nv + 1) * s, 0.f);
+  const bool in_place = lat.chains != nullptr;
+  if (!in_place) std::fill(b + nv * s, b + (nv + 1) * s, 0.f);
   for (int step = first_step; step <= lat.d; ++step) {
-    at::parallel_for(0, nv, kGrain, [&](int64_t begin, int64_t end) {
-      blur_pass_range(lat, step, reverse, a, b, s, begin, end);
-    });
-    std::swap(a, b);
+    at::parallel_for(0, pass_units(lat, step, reverse), in_place ? kChainGrain : kGrain,
+                     [&](int64_t begin, int64_t end) {
+                       blur_pass_units(lat, step, reverse, a, b, s, begin, end);
+                     });
+    if (!in_place) std::swap(a, b);
   }
   return a;
 }
@@ -648,13 +774,15 @@ float* blur_passes(const LatticeView& lat, float* a, float* b, int64_t s, bool r
 // whatever is left runs in parallel afterwards. Any split computes every row the same way.
 class SharedFirstPass {
  public:
-  SharedFirstPass(const LatticeView& lat, bool reverse, const float* src, float* dst, int64_t s)
+  SharedFirstPass(const LatticeView& lat, bool reverse, float* src, float* dst, int64_t s)
       : lat_(lat),
         reverse_(reverse),
         src_(src),
         dst_(dst),
         s_(s),
-        n_chunks_((lat.n_vertices + kChunk - 1) / kChunk) {}
+        n_units_(pass_units(lat, 0, reverse)),
+        chunk_(lat.chains != nullptr ? kChainChunk : kVertexChunk),
+        n_chunks_((n_units_ + chunk_ - 1) / chunk_) {}
 
   void mark_ready() { ready_.store(true, std::memory_order_release); }
 
@@ -671,16 +799,19 @@ class SharedFirstPass {
   }
 
  private:
-  static constexpr int64_t kChunk = 2048;
+  static constexpr int64_t kVertexChunk = 2048;
+  static constexpr int64_t kChainChunk = 512;
   void run_chunk(int64_t c) {
-    blur_pass_range(lat_, 0, reverse_, src_, dst_, s_, c * kChunk,
-                    std::min(lat_.n_vertices, (c + 1) * kChunk));
+    blur_pass_units(lat_, 0, reverse_, src_, dst_, s_, c * chunk_,
+                    std::min(n_units_, (c + 1) * chunk_));
   }
   const LatticeView& lat_;
   const bool reverse_;
-  const float* src_;
+  float* src_;
   float* dst_;
   const int64_t s_;
+  const int64_t n_units_;
+  const int64_t chunk_;
   const int64_t n_chunks_;
   std::atomic<int64_t> next_{0};
   std::atomic<bool> ready_{false};
@@ -707,12 +838,25 @@ void splat_term(const LatticeView& lat, const SweepPlan* plan_or_null, const flo
   }
 }
 
+// One term on several threads is splatted by gathering and blurred by passes, each in
+// parallel; otherwise every term is a task of its own (see splat_and_blur).
+bool one_term_in_parallel(int n_terms) { return n_terms == 1 && at::get_num_threads() >= 2; }
+
+// Whether splat_and_blur sweeps term t, and with which plan.
+bool sweeps(const LatticeView* const* lats, int n_terms, int t, int64_t s, SweepPlan* plan) {
+  return !one_term_in_parallel(n_terms) && plan_sweep(*lats[t], s, /*fuse_splat=*/true, plan);
+}
+
 }  // namespace
+
+bool blurs_by_passes(const LatticeView* const* lats, int n_terms, int t, int64_t s) {
+  SweepPlan plan;
+  return !sweeps(lats, n_terms, t, s, &plan);
+}
 
 void splat_and_blur(const LatticeView* const* lats, int n_terms, const float* values, int64_t s,
                     float** bufs, float** spare, bool reverse) {
-  if (at::get_num_threads() >= 2 && n_terms == 1) {
-    // One term on several threads: the gather splat and the passes, each in parallel.
+  if (one_term_in_parallel(n_terms)) {
     splat(*lats[0], values, s, bufs[0]);
     float* result = blur_passes(*lats[0], bufs[0], *spare, s, reverse, 0);
     if (result != bufs[0]) std::swap(bufs[0], *spare);
@@ -723,20 +867,24 @@ void splat_and_blur(const LatticeView* const* lats, int n_terms, const float* va
   // on two threads the gaussian term's splat and sweep overlap the bilateral splat, and the
   // thread done first starts the bilateral term's first blur pass: with 182 labels the gaussian
   // task is the longer one by ~30% and this took 4-9% off a call (no change with 21 labels,
-  // where the two tasks are even). Only one term at a time can be mid-blur (they share the
-  // spare buffer): the first one blurred by passes.
+  // where the two tasks are even). Only one term at a time can be mid-blur (a pass without
+  // chains needs the spare buffer): the first one blurred by passes.
   std::vector<SweepPlan> plans(n_terms);
   std::vector<char> swept(n_terms, 0);
   int early = -1;
   for (int t = 0; t < n_terms; ++t) {
-    swept[t] = plan_sweep(*lats[t], s, /*fuse_splat=*/true, &plans[t]);
+    swept[t] = sweeps(lats, n_terms, t, s, &plans[t]);
     if (!swept[t] && early < 0) early = t;
   }
   std::unique_ptr<SharedFirstPass> first_pass;
   if (early >= 0) {
-    const int64_t nv = lats[early]->n_vertices;
-    std::fill(*spare + nv * s, *spare + (nv + 1) * s, 0.f);
-    first_pass.reset(new SharedFirstPass(*lats[early], reverse, bufs[early], *spare, s));
+    const LatticeView& lat = *lats[early];
+    float* dst = nullptr;  // in place along chains
+    if (lat.chains == nullptr) {
+      dst = *spare;
+      std::fill(dst + lat.n_vertices * s, dst + (lat.n_vertices + 1) * s, 0.f);
+    }
+    first_pass.reset(new SharedFirstPass(lat, reverse, bufs[early], dst, s));
   }
   at::parallel_for(0, n_terms, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -747,13 +895,15 @@ void splat_and_blur(const LatticeView* const* lats, int n_terms, const float* va
   });
   for (int t = 0; t < n_terms; ++t) {
     if (swept[t]) continue;
-    float* result;
+    float* input = bufs[t];
+    int first_step = 0;
     if (t == early) {
       first_pass->finish();
-      result = blur_passes(*lats[t], *spare, bufs[t], s, reverse, 1);
-    } else {
-      result = blur_passes(*lats[t], bufs[t], *spare, s, reverse, 0);
+      if (lats[t]->chains == nullptr) input = *spare;
+      first_step = 1;
     }
+    float* other = input == bufs[t] ? *spare : bufs[t];
+    float* result = blur_passes(*lats[t], input, other, s, reverse, first_step);
     if (result != bufs[t]) std::swap(bufs[t], *spare);
   }
 }

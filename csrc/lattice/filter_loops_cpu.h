@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace fastseg {
 namespace lattice {
@@ -20,6 +21,17 @@ namespace cpu {
 // Row stride for m values: m rounded up to a multiple of 8 (of 4 when 2 <= m <= 4); a single
 // value (the normalisation filter of a field of ones) keeps rows of one float.
 inline int64_t row_stride(int64_t m) { return m <= 1 ? 1 : m <= 4 ? 4 : (m + 7) / 8 * 8; }
+
+// A lattice's blur neighbours as chains, per direction: a vertex with no previous neighbour,
+// its next neighbour, that one's next, ... up to a vertex with no next. Vertices with no
+// neighbour along a direction are in no chain of it. A blur pass walking the chains runs in
+// place and touches only chained vertices (the bilateral lattice of a photograph leaves a fifth
+// to a third of its vertices out of each direction's chains); see build_blur_chains.
+struct BlurChains {
+  std::vector<std::vector<int32_t>> vertices;  // [direction]: chain after chain
+  std::vector<std::vector<int64_t>> starts;    // [direction]: chain c is vertices[starts[c]..
+                                               // starts[c+1]), so n_chains + 1 entries
+};
 
 // One pairwise term: a built lattice plus its normalisation (in_scale/out_scale may be null).
 struct LatticeView {
@@ -39,6 +51,7 @@ struct LatticeView {
   bool first_use_numbered = false;         // vertices numbered by first use in entry order
   int64_t splat_lead = -1;  // most vertices started, not complete, splatting in point order
                             // (make_view computes it where a fused sweep may use it)
+  const BlurChains* chains = nullptr;  // when set, blur passes run in place along these
 };
 
 // Tensors must be contiguous and stay alive while the view is used.
@@ -47,17 +60,28 @@ LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
                       const at::Tensor& splat_points, const at::Tensor& splat_weights,
                       const at::Tensor& in_scale, const at::Tensor& out_scale);
 
+// The lattice's blur chains, or none (no directions) if its neighbour table is not symmetric
+// (every built lattice's is: v's next neighbour has v as its previous one). Building them (a
+// walk from each chain's first vertex) costs more than the passes save in one blur of rows of
+// up to ~24 floats, so they pay off when one lattice is blurred many times: mean-field.
+BlurChains build_blur_chains(const LatticeView& lat);
+
 // buf = splat(in_scale * values); the zero row V is written too.
 void splat(const LatticeView& lat, const float* values, int64_t s, float* buf);
 
 // Splat `values` into every term's buffer and blur it: afterwards bufs[t] holds term t's
-// filtered vertex values, (V+1, s) with row V zero; buffers may have been swapped with *spare.
-// Terms are splatted one thread each in scatter form (points in order add to their vertices:
-// the same bits as splat(), streaming through the values) when that keeps every thread busy,
-// and blurred in one cache-resident sweep when their neighbours are close in memory (the same
-// bits as blur()); otherwise by the parallel splat() and blur().
+// filtered vertex values, (V+1, s) with row V zero. Terms are splatted one thread each in
+// scatter form (points in order add to their vertices: the same bits as splat(), streaming
+// through the values) when that keeps every thread busy, and blurred in one cache-resident
+// sweep when their neighbours are close in memory; otherwise by the parallel splat() and blur
+// passes, in place along the term's chains when it has them, else from one buffer to another
+// (a term's buffer may then be swapped with *spare). Every way computes the same bits.
 void splat_and_blur(const LatticeView* const* lats, int n_terms, const float* values, int64_t s,
                     float** bufs, float** spare, bool reverse);
+
+// Whether splat_and_blur, given these terms and rows of s floats on the current thread count,
+// blurs term t by passes (rather than by a sweep): the terms that may use blur chains.
+bool blurs_by_passes(const LatticeView* const* lats, int n_terms, int t, int64_t s);
 
 // out = out_scale * alpha * slice(buf), for all points.
 void slice(const LatticeView& lat, const float* buf, int64_t s, float* out);

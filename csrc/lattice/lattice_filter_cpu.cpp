@@ -42,6 +42,7 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
   const cpu::LatticeView* lats[] = {&lat};
   float* bufs[] = {buf_a.data_ptr<float>()};
   float* spare = buf_b.data_ptr<float>();
+  // Plain passes, no blur chains: one blur does not repay building them.
   cpu::splat_and_blur(lats, 1, values, s, bufs, &spare, reverse);
   if (exact_rows) {
     cpu::slice(lat, bufs[0], s, out.data_ptr<float>());

@@ -81,13 +81,33 @@ at::Tensor mean_field_cpu(const at::Tensor& unary_in, const c10::optional<at::Te
     }
     compats_padded.push_back(c);
   }
-  // One vertex buffer per term holds its filtered result until the per-pixel pass, plus one
-  // spare for blurring; a term whose result lands in the spare swaps buffers with it.
+  std::vector<const cpu::LatticeView*> view_ptrs;
+  for (const auto& v : views) view_ptrs.push_back(&v);
+  // Terms blurred by passes run them in place along blur chains, which skip the vertices with
+  // no neighbour along a pass's direction and need no second buffer. Built once here (9-14 ms
+  // for astronaut's bilateral lattice on two threads, a third of an iteration with 21 labels),
+  // they serve every iteration: 11-14% off a whole call with 21 and with 182 labels, on one
+  // thread and on two. A single iteration would not repay the build.
+  std::vector<cpu::BlurChains> chains(n_terms);
+  bool need_spare = false;
+  for (int t = 0; t < n_terms; ++t) {
+    if (!cpu::blurs_by_passes(view_ptrs.data(), n_terms, t, s)) continue;
+    if (iterations >= 2) chains[t] = cpu::build_blur_chains(views[t]);
+    if (!chains[t].vertices.empty()) {
+      views[t].chains = &chains[t];
+    } else {
+      need_spare = true;
+    }
+  }
+  // One vertex buffer per term holds its filtered result until the per-pixel pass, plus a
+  // spare for passes without chains; a term whose result lands in the spare swaps buffers
+  // with it.
   std::vector<at::Tensor> buffers;
   std::vector<float*> buf;
   for (int t = 0; t <= n_terms; ++t) {
-    buffers.push_back(empty_large({max_rows, s}, opts));
-    buf.push_back(buffers.back().data_ptr<float>());
+    const bool needed = t < n_terms || need_spare;
+    buffers.push_back(needed ? empty_large({max_rows, s}, opts) : at::Tensor());
+    buf.push_back(needed ? buffers.back().data_ptr<float>() : nullptr);
   }
   // Matrix compatibilities mix labels: those terms are sliced and multiplied by the matrix
   // (a GEMM) before the per-pixel pass, which adds the resulting message.
@@ -99,8 +119,6 @@ at::Tensor mean_field_cpu(const at::Tensor& unary_in, const c10::optional<at::Te
     }
   }
 
-  std::vector<const cpu::LatticeView*> view_ptrs;
-  for (const auto& v : views) view_ptrs.push_back(&v);
   std::vector<cpu::TermUpdate> updates(n_terms);
   for (int64_t it = 0; it < iterations; ++it) {
     cpu::splat_and_blur(view_ptrs.data(), n_terms, q.data_ptr<float>(), s, buf.data(),
