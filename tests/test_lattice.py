@@ -39,7 +39,7 @@ def test_photo_lattice_matches_reference(chelsea, kind, build_path):
     assert_same_lattice(build_lattice(feats), build_lattice_reference(feats))
 
 
-@pytest.mark.parametrize("d", [1, 2, 3, 5, 8, 16])
+@pytest.mark.parametrize("d", [1, 2, 3, 4, 5, 6, 7, 8, 16])
 def test_random_features_match_reference(d, build_path):
     g = torch.Generator().manual_seed(d)
     feats = torch.randn(777, d, generator=g) * 2.5
@@ -328,3 +328,12 @@ def test_too_large_features_are_rejected_before_work():
         build_lattice(torch.tensor([[0.0, 1e12]]))
     with pytest.raises(RuntimeError, match="NaN or Inf"):
         build_lattice(torch.tensor([[0.0, float("nan")]]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_feature_anywhere_is_named_by_dimension(bad):
+    # Many points (the bound is computed in parallel chunks), one bad value near the end.
+    feats = torch.rand(100_000, 5) * 10
+    feats[99_000, 3] = bad
+    with pytest.raises(RuntimeError, match=r"NaN or Inf \(dimension 3\)"):
+        build_lattice(feats)

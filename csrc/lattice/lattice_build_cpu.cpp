@@ -32,14 +32,18 @@ namespace {
 
 constexpr int64_t kGrain = 4096;
 
-template <typename T>
-void embed_points(const float* features, int64_t n, int d, int32_t* rem0, int8_t* rank,
-                  float* bary) {
+// kD > 0: the feature dimension as a compile-time constant, so that every per-coordinate loop
+// of the embedding unrolls and its small arrays live in registers (same operations in the same
+// order: same bits). The bilateral term's d = 5 embedding ran 1.6x faster so.
+template <typename T, int kD>
+void embed_points_d(const float* features, int64_t n, int d_runtime, int32_t* rem0, int8_t* rank,
+                    float* bary) {
+  const int d = kD > 0 ? kD : d_runtime;
   const Embedding<T> emb = make_embedding<T>(d);
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
     Simplex s;
     for (int64_t p = begin; p < end; ++p) {
-      embed_point<T>(features + p * d, emb, s);
+      embed_point<T, kD>(features + p * d, emb, s);
       for (int i = 0; i <= d; ++i) {
         rem0[p * (d + 1) + i] = s.rem0[i];
         rank[p * (d + 1) + i] = static_cast<int8_t>(s.rank[i]);
@@ -47,6 +51,27 @@ void embed_points(const float* features, int64_t n, int d, int32_t* rem0, int8_t
       }
     }
   });
+}
+
+template <typename T>
+void embed_points(const float* features, int64_t n, int d, int32_t* rem0, int8_t* rank,
+                  float* bary) {
+  switch (d) {
+    case 1:
+      return embed_points_d<T, 1>(features, n, d, rem0, rank, bary);
+    case 2:
+      return embed_points_d<T, 2>(features, n, d, rem0, rank, bary);
+    case 3:
+      return embed_points_d<T, 3>(features, n, d, rem0, rank, bary);
+    case 4:
+      return embed_points_d<T, 4>(features, n, d, rem0, rank, bary);
+    case 5:
+      return embed_points_d<T, 5>(features, n, d, rem0, rank, bary);
+    case 6:
+      return embed_points_d<T, 6>(features, n, d, rem0, rank, bary);
+    default:
+      return embed_points_d<T, 0>(features, n, d, rem0, rank, bary);
+  }
 }
 
 // Entries and lookups are processed in batches whose table slots are prefetched first: the

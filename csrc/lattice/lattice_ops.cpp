@@ -1,10 +1,12 @@
 // Operator schemas of the lattice family and the checks both devices share. The CPU kernels
 // are registered in lattice_build_cpu.cpp / lattice_filter_cpu.cpp, the CUDA ones in
 // lattice_cuda.cu, the fake (meta) kernels and autograd in fastseg/ops/lattice.py.
+#include <ATen/Parallel.h>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/amax.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -29,10 +31,53 @@ void check_features(const at::Tensor& features) {
               " lattice entries do not fit in int32 indices");
 }
 
+namespace {
+
+// Largest |feature| of each dimension; NaN or Inf anywhere in a dimension gives NaN there. On
+// the CPU one pass over contiguous rows (torch's amax(abs(x), 0) over an (N, 5) tensor took
+// ~4.5 ms for 262144 points, as much as a tenth of the whole lattice build).
+std::vector<double> max_abs_per_dimension(const at::Tensor& features) {
+  const int d = static_cast<int>(features.size(1));
+  if (!features.device().is_cpu() || !features.is_contiguous()) {  // the GPU build's case
+    const at::Tensor max_abs = at::amax(at::abs(features), {0}).to(at::kDouble).cpu();
+    return std::vector<double>(max_abs.data_ptr<double>(), max_abs.data_ptr<double>() + d);
+  }
+  const float* f = features.data_ptr<float>();
+  const int64_t n = features.size(0);
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(64, n / 16384));
+  std::vector<float> chunk_max(chunks * d, 0.f);
+  std::vector<char> chunk_bad(chunks * d, 0);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      float mx[kMaxDim] = {};
+      bool bad[kMaxDim] = {};
+      for (int64_t p = n * c / chunks; p < n * (c + 1) / chunks; ++p) {
+        for (int i = 0; i < d; ++i) {
+          const float a = std::fabs(f[p * d + i]);
+          mx[i] = a > mx[i] ? a : mx[i];
+          bad[i] |= !(a <= std::numeric_limits<float>::max());  // NaN or Inf
+        }
+      }
+      std::copy(mx, mx + d, &chunk_max[c * d]);
+      std::copy(bad, bad + d, &chunk_bad[c * d]);
+    }
+  });
+  std::vector<double> m(d, 0.0);
+  for (int64_t c = 0; c < chunks; ++c) {
+    for (int i = 0; i < d; ++i) {
+      m[i] = chunk_bad[c * d + i] || std::isnan(m[i])
+                 ? std::nan("")
+                 : std::max<double>(m[i], chunk_max[c * d + i]);
+    }
+  }
+  return m;
+}
+
+}  // namespace
+
 double checked_elevated_bound(const at::Tensor& features) {
   const int d = static_cast<int>(features.size(1));
-  const at::Tensor max_abs = at::amax(at::abs(features), {0}).to(at::kDouble).cpu();
-  std::vector<double> m(max_abs.data_ptr<double>(), max_abs.data_ptr<double>() + d);
+  const std::vector<double> m = max_abs_per_dimension(features);
   for (int i = 0; i < d; ++i) {
     TORCH_CHECK(std::isfinite(m[i]), "permutohedral_build: features contain NaN or Inf (dimension ",
                 i, ")");

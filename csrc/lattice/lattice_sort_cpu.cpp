@@ -221,14 +221,32 @@ bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* 
   // (= point) order, so the first of each run is the vertex's first use.
   auto key = scratch_large<uint64_t>(n_entries);
   auto entry = scratch_large<int32_t>(n_entries);
+  // Packed keys of a point's d+1 vertices, one from the next: vertex r's coordinate i is
+  // rem0[i] + r - (d+1) [rank[i] > d - r] (SimplexStore::vertex_key), so going from r to r+1
+  // adds 1 to every field and takes d+1 from the one coordinate whose rank is d - r (ranks are
+  // a permutation of 0..d; rank d - r may belong to the implied last coordinate). Exact: every
+  // step lands on a key that packs (plan_packing covers them all).
+  uint64_t field_one[kMaxDim], all_ones = 0;
+  for (int i = 0; i < d; ++i) {
+    field_one[i] = uint64_t(1) << packing.shift[i];
+    all_ones += field_one[i];
+  }
   at::parallel_for(0, n_points, 4096, [&](int64_t begin, int64_t end) {
-    int32_t k[kMaxDim];
+    uint64_t drop_at_rank[kMaxDim + 1];
     for (int64_t p = begin; p < end; ++p) {
+      const int32_t* rem0 = store.rem0 + p * dp1;
+      const int8_t* rank = store.rank + p * dp1;
+      uint64_t packed = 0;
+      drop_at_rank[rank[d]] = 0;
+      for (int i = 0; i < d; ++i) {
+        packed += static_cast<uint64_t>(rem0[i] - packing.origin[i]) << packing.shift[i];
+        drop_at_rank[rank[i]] = static_cast<uint64_t>(dp1) * field_one[i];
+      }
       for (int r = 0; r <= d; ++r) {
         const int64_t e = p * dp1 + r;
-        store.vertex_key(p, r, k);
-        key[e] = packing.pack(k);
+        key[e] = packed;
         entry[e] = static_cast<int32_t>(e);
+        packed += all_ones - drop_at_rank[d - r];
       }
     }
   });

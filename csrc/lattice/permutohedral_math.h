@@ -135,9 +135,10 @@ struct Simplex {
 };
 
 // Embeds one point f[0..d) (Adams et al. 2010, sections 3.1-3.2).
-template <typename T>
+// kD > 0 fixes d = kD at compile time (loops unroll); kD = 0 reads it from e.
+template <typename T, int kD = 0>
 C10_HOST_DEVICE inline void embed_point(const float* f, const Embedding<T>& e, Simplex& s) {
-  const int d = e.d;
+  const int d = kD > 0 ? kD : e.d;
   T elevated[kMaxDim + 1];
   T rem0[kMaxDim + 1];
   // Elevate onto the plane sum(x) = 0: y = E f.
