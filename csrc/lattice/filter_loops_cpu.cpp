@@ -621,7 +621,7 @@ int64_t max_neighbor_distance(const int32_t* neighbors, int d, int64_t nv) {
 LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
                       const at::Tensor& neighbors, const at::Tensor& splat_offsets,
                       const at::Tensor& splat_points, const at::Tensor& splat_weights,
-                      const at::Tensor& in_scale, const at::Tensor& out_scale) {
+                      const at::Tensor& in_scale, const at::Tensor& out_scale, bool for_tasks) {
   LatticeView v;
   v.d = static_cast<int>(vertices.size(1)) - 1;
   v.n_points = vertices.size(0);
@@ -636,6 +636,7 @@ LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
   v.out_scale = data_or_null(out_scale);
   // pydensecrf: float alpha = 1.0f / (1 + powf(2, -d))
   v.alpha = 1.0f / (1.0f + std::pow(2.0f, static_cast<float>(-v.d)));
+  if (!for_tasks) return v;
   v.neighbor_reach = max_neighbor_distance(v.neighbors, v.d, v.n_vertices);
   v.first_use_numbered = numbered_by_first_use(v.vertices, v.n_points * (v.d + 1), v.n_vertices);
   // Only lattices that may be swept with rows of 4 or more floats need the splat lead.
@@ -838,16 +839,14 @@ void splat_term(const LatticeView& lat, const SweepPlan* plan_or_null, const flo
   }
 }
 
-// One term on several threads is splatted by gathering and blurred by passes, each in
-// parallel; otherwise every term is a task of its own (see splat_and_blur).
-bool one_term_in_parallel(int n_terms) { return n_terms == 1 && at::get_num_threads() >= 2; }
-
 // Whether splat_and_blur sweeps term t, and with which plan.
 bool sweeps(const LatticeView* const* lats, int n_terms, int t, int64_t s, SweepPlan* plan) {
   return !one_term_in_parallel(n_terms) && plan_sweep(*lats[t], s, /*fuse_splat=*/true, plan);
 }
 
 }  // namespace
+
+bool one_term_in_parallel(int n_terms) { return n_terms == 1 && at::get_num_threads() >= 2; }
 
 bool blurs_by_passes(const LatticeView* const* lats, int n_terms, int t, int64_t s) {
   SweepPlan plan;

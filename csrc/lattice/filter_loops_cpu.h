@@ -54,11 +54,18 @@ struct LatticeView {
   const BlurChains* chains = nullptr;  // when set, blur passes run in place along these
 };
 
-// Tensors must be contiguous and stay alive while the view is used.
+// Whether splat_and_blur, for n_terms terms on the current thread count, runs one term with
+// every thread on each step (gather splat, parallel passes) instead of one task per term.
+bool one_term_in_parallel(int n_terms);
+
+// Tensors must be contiguous and stay alive while the view is used. The analysis that only the
+// one-task-per-term form reads (neighbour reach, first-use numbering, splat lead: a few ms per
+// call on the bilateral lattice) is skipped when for_tasks is false; the view then only ever
+// takes the general paths, which compute the same bits.
 LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
                       const at::Tensor& neighbors, const at::Tensor& splat_offsets,
                       const at::Tensor& splat_points, const at::Tensor& splat_weights,
-                      const at::Tensor& in_scale, const at::Tensor& out_scale);
+                      const at::Tensor& in_scale, const at::Tensor& out_scale, bool for_tasks);
 
 // The lattice's blur chains, or none (no directions) if its neighbour table is not symmetric
 // (every built lattice's is: v's next neighbour has v as its previous one). Building them (a

@@ -24,8 +24,9 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
   at::Tensor out = empty_large({n, m}, opts);
   if (m == 0) return out;
 
-  const cpu::LatticeView lat = cpu::make_view(vertices, weights, neighbors, splat_offsets,
-                                              splat_points, splat_weights, in_s, out_s);
+  const cpu::LatticeView lat =
+      cpu::make_view(vertices, weights, neighbors, splat_offsets, splat_points, splat_weights, in_s,
+                     out_s, /*for_tasks=*/!cpu::one_term_in_parallel(1));
   // Rows whose width is already a whole number of vector chunks (one value, multiples of 8)
   // are read and written in place; others go through zero-padded copies.
   const int64_t s = cpu::row_stride(m);

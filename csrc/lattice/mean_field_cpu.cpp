@@ -67,9 +67,11 @@ at::Tensor mean_field_cpu(const at::Tensor& unary_in, const c10::optional<at::Te
   std::vector<cpu::LatticeView> views;
   std::vector<at::Tensor> compats_padded;
   int64_t max_rows = 0;
+  const bool for_tasks = !cpu::one_term_in_parallel(n_terms);
   for (const MeanFieldTerm& t : terms) {
     views.push_back(cpu::make_view(t.vertices, t.weights, t.neighbors, t.splat_offsets,
-                                   t.splat_points, t.splat_weights, t.in_scale, t.out_scale));
+                                   t.splat_points, t.splat_weights, t.in_scale, t.out_scale,
+                                   for_tasks));
     max_rows = std::max(max_rows, views.back().n_vertices + 1);
     // Zero-padded to s (and s x s): padded lanes contribute nothing.
     at::Tensor c =
