@@ -53,24 +53,19 @@ void embed_points_d(const float* features, int64_t n, int d_runtime, int32_t* re
   });
 }
 
-template <typename T>
+// Dispatches d = 1..kMaxUnrolledDim to its compile-time instance (kD counts up from 1); larger
+// d take the generic code.
+constexpr int kMaxUnrolledDim = 6;
+
+template <typename T, int kD = 1>
 void embed_points(const float* features, int64_t n, int d, int32_t* rem0, int8_t* rank,
                   float* bary) {
-  switch (d) {
-    case 1:
-      return embed_points_d<T, 1>(features, n, d, rem0, rank, bary);
-    case 2:
-      return embed_points_d<T, 2>(features, n, d, rem0, rank, bary);
-    case 3:
-      return embed_points_d<T, 3>(features, n, d, rem0, rank, bary);
-    case 4:
-      return embed_points_d<T, 4>(features, n, d, rem0, rank, bary);
-    case 5:
-      return embed_points_d<T, 5>(features, n, d, rem0, rank, bary);
-    case 6:
-      return embed_points_d<T, 6>(features, n, d, rem0, rank, bary);
-    default:
-      return embed_points_d<T, 0>(features, n, d, rem0, rank, bary);
+  if constexpr (kD > kMaxUnrolledDim) {
+    embed_points_d<T, 0>(features, n, d, rem0, rank, bary);
+  } else if (d == kD) {
+    embed_points_d<T, kD>(features, n, d, rem0, rank, bary);
+  } else {
+    embed_points<T, kD + 1>(features, n, d, rem0, rank, bary);
   }
 }
 
