@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import fastseg
-from fastseg.crf.features import bilateral_features, gaussian_features
+from fastseg.crf.features import (bilateral_feature_bounds, bilateral_features,
+                                   gaussian_features)
 from fastseg.crf.mean_field import mean_field_loop
 from fastseg.crf.terms import NormalizationType, make_term
 from fastseg.reference.densecrf import (make_term_reference, mean_field_reference,
@@ -52,6 +53,29 @@ def test_odd_and_tiny_images(height, width):
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     q = fastseg.dense_crf(torch.from_numpy(probs), image)
     assert_agrees(q, pydensecrf_dense_crf(probs, image))
+
+
+@pytest.mark.parametrize("height,width,sxy,srgb", [
+    (1, 1, 67.0, 3.0), (37, 53, 0.3, (2.0, 3.0, 0.7)), (512, 3, 1e-3, 1e-2)])
+def test_bilateral_feature_bounds_hold_every_feature(height, width, sxy, srgb):
+    # The bounds let the features' range check skip its pass over them: they must be at least
+    # every feature of any image of the size, and exact for one that uses the full range.
+    srgb = srgb if isinstance(srgb, tuple) else (srgb,) * 3
+    image = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image[0, 0] = 255
+    feats = bilateral_features(torch.from_numpy(image), sxy, sxy, srgb)
+    bounds = bilateral_feature_bounds(height, width, sxy, sxy, srgb)
+    assert feats.abs().amax(0).tolist() == bounds
+
+
+def test_feature_bounds_out_of_range_still_check_the_features_themselves():
+    # A black image's colour features are 0 whatever srgb: the bound 255 / 1e-9 alone would
+    # reject it, the exact check accepts it (as before the bounds were used).
+    probs = torch.from_numpy(smooth_probs(3, 6, 7, seed=1, cell=2))
+    q = fastseg.dense_crf(probs, np.zeros((6, 7, 3), np.uint8), bi_rgb_std=1e-9)
+    assert torch.isfinite(q).all()
+    with pytest.raises(ValueError, match="bi_rgb_std"):
+        fastseg.dense_crf(probs, np.full((6, 7, 3), 1, np.uint8), bi_rgb_std=1e-9)
 
 
 def test_one_label_gives_certainty():

@@ -102,8 +102,14 @@ def elevated_bound(features: torch.Tensor, max_abs=None) -> float:
     return max(bound, tail)
 
 
-def lattice_features(features: torch.Tensor, name: str) -> None:
-    """Checks (N, d) features before a lattice is built from them."""
+def lattice_features(features: torch.Tensor, name: str, bounds=None) -> None:
+    """Checks (N, d) features before a lattice is built from them.
+
+    ``bounds``, per-dimension upper bounds of |feature| known without reading the features
+    (an image's size and value range bound its bilateral features), skip the pass over the
+    features when they already keep the lattice in range; they do not replace the finiteness
+    check, so give them only for features that cannot hold NaN or Inf.
+    """
     if features.dim() != 2:
         raise ValueError(f"{name} must be 2-D, got shape {tuple(features.shape)}")
     d = features.shape[1]
@@ -112,6 +118,9 @@ def lattice_features(features: torch.Tensor, name: str) -> None:
             f"{name} must have between 1 and {MAX_FEATURE_DIM} feature dimensions, got {d}")
     if features.shape[0] == 0:
         return
+    if bounds is not None and all(math.isfinite(v) for v in bounds) \
+            and elevated_bound(features, list(bounds)) < MAX_ELEVATED:
+        return  # the exact bound below can only be smaller
     # One pass: NaN propagates through amax, so non-finite features show in max |feature|.
     max_abs = features.abs().amax(0).double().cpu().tolist()
     if not all(math.isfinite(v) for v in max_abs):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from fastseg.crf import checks
-from fastseg.crf.features import bilateral_features
+from fastseg.crf.features import bilateral_feature_bounds, bilateral_features
 from fastseg.crf.grid_terms import gaussian_grid_term
 from fastseg.crf.mean_field import infer
 from fastseg.crf.terms import NormalizationType, make_term
@@ -80,14 +80,15 @@ def dense_crf(probs: torch.Tensor, image, *, iterations: int = 10, pos_w: float 
     gaussian = gaussian_grid_term(height, width, pos_xy_std, pos_xy_std,
                                   NormalizationType.NORMALIZE_SYMMETRIC, compat_pos,
                                   device=probs.device, what="gaussian features (pos_xy_std)")
+    bounds = bilateral_feature_bounds(height, width, bi_xy_std, bi_xy_std, (bi_rgb_std,) * 3)
     out = []
     for b in range(n_batch):
         # Label-major (C, H*W) throughout: mean-field reads the unary through its transposed
         # view and returns Q in the same layout, so nothing is transposed in memory.
         p = probs_b[b].to(torch.float32).reshape(n_labels, -1)
-        unary = torch.log(p.clamp(UNARY_CLIP, 1.0)).neg_()
+        unary = p.clamp(UNARY_CLIP, 1.0).log_().neg_()  # one temporary, not two
         bil = bilateral_features(image_b[b], bi_xy_std, bi_xy_std, (bi_rgb_std,) * 3)
-        checks.lattice_features(bil, "bilateral features (bi_xy_std, bi_rgb_std)")
+        checks.lattice_features(bil, "bilateral features (bi_xy_std, bi_rgb_std)", bounds)
         terms = [gaussian, make_term(bil, compat_bi, NormalizationType.NORMALIZE_SYMMETRIC)]
         q = infer(unary.T, terms, iterations)
         out.append(q.T.reshape(n_labels, height, width))

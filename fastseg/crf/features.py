@@ -6,6 +6,7 @@ which rounds differently and can move a point across a simplex boundary).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -28,3 +29,14 @@ def bilateral_features(image: torch.Tensor, sx: float, sy: float, srgb) -> torch
     colour = image.reshape(-1, 3).to(torch.float32)
     colour = colour / torch.tensor([srgb], dtype=torch.float32, device=image.device)
     return torch.cat((pos, colour), 1)
+
+
+def bilateral_feature_bounds(height: int, width: int, sx: float, sy: float, srgb) -> list:
+    """Per-dimension upper bounds of |bilateral_features(...)| for any uint8 image of this size,
+    from the largest coordinate and colour value, divided in float32 as the features are
+    (the division rounds monotonically, so no feature exceeds its bound)."""
+    def div(v: float, std: float) -> float:
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # inf/nan: no skip
+            return float(np.float32(v) / np.float32(std))
+
+    return [div(width - 1, sx), div(height - 1, sy)] + [div(255, s) for s in srgb]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from fastseg.crf import checks
-from fastseg.crf.features import bilateral_features
+from fastseg.crf.features import bilateral_feature_bounds, bilateral_features
 from fastseg.crf.grid_terms import gaussian_grid_term
 from fastseg.crf.mean_field import infer, kl_divergence
 from fastseg.crf.terms import (KernelType, NormalizationType, PairwiseTerm, compat_tensor,
@@ -207,7 +207,8 @@ class DenseCRF2D(DenseCRF):
         srgb_t = checks.std_tuple(srgb, 3, "srgb")
         image = _uint8_image(rgbim, self._h, self._w, self._device)
         feats = bilateral_features(image, sx, sy, srgb_t)
-        checks.lattice_features(feats, f"bilateral features (sxy={sxy}, srgb={srgb})")
+        checks.lattice_features(feats, f"bilateral features (sxy={sxy}, srgb={srgb})",
+                                bilateral_feature_bounds(self._h, self._w, sx, sy, srgb_t))
         self._add_term(feats, compat, kernel, normalization)
 
 
