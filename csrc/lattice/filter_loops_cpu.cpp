@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/large_buffer.h"
+#include "common/parallel_dynamic.h"
 
 // The row loops are compiled for AVX-512, AVX2 and baseline x86-64 and chosen at load time.
 // Contraction is off (setup.py), and no loop reassociates a sum, so every clone computes the
@@ -31,8 +32,11 @@ namespace lattice {
 namespace cpu {
 namespace {
 
-constexpr int64_t kGrain = 512;
-constexpr int64_t kChainGrain = 256;  // chains (of a few vertices each) per parallel task
+// Loops hand out chunks dynamically (common/parallel_dynamic.h) of these many points,
+// vertices or chains (of a few vertices each).
+constexpr int64_t kDynamicRows = 4096;
+constexpr int64_t kDynamicVertices = 2048;
+constexpr int64_t kDynamicChains = 512;
 
 const float* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<float>() : nullptr;
@@ -711,7 +715,7 @@ BlurChains build_blur_chains(const LatticeView& lat) {
   chains.vertices.resize(n_dirs);
   chains.starts.resize(n_dirs);
   std::vector<char> ok(n_dirs, 0);
-  at::parallel_for(0, n_dirs, 1, [&](int64_t j0, int64_t j1) {
+  parallel_for_dynamic(n_dirs, 1, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       ok[j] =
           chain_direction(lat.neighbors + j * nv * 2, nv, &chains.vertices[j], &chains.starts[j]);
@@ -723,7 +727,7 @@ BlurChains build_blur_chains(const LatticeView& lat) {
 
 void splat(const LatticeView& lat, const float* values, int64_t s, float* buf) {
   std::fill(buf + lat.n_vertices * s, buf + (lat.n_vertices + 1) * s, 0.f);
-  at::parallel_for(0, lat.n_vertices, kGrain, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(lat.n_vertices, kDynamicVertices, [&](int64_t begin, int64_t end) {
     splat_range(lat, values, s, buf, begin, end);
   });
 }
@@ -760,10 +764,11 @@ float* blur_passes(const LatticeView& lat, float* a, float* b, int64_t s, bool r
   const bool in_place = lat.chains != nullptr;
   if (!in_place) std::fill(b + nv * s, b + (nv + 1) * s, 0.f);
   for (int step = 0; step <= lat.d; ++step) {
-    at::parallel_for(0, pass_units(lat, step, reverse), in_place ? kChainGrain : kGrain,
-                     [&](int64_t begin, int64_t end) {
-                       blur_pass_units(lat, step, reverse, a, b, s, begin, end);
-                     });
+    parallel_for_dynamic(pass_units(lat, step, reverse),
+                         in_place ? kDynamicChains : kDynamicVertices,
+                         [&](int64_t begin, int64_t end) {
+                           blur_pass_units(lat, step, reverse, a, b, s, begin, end);
+                         });
     if (!in_place) std::swap(a, b);
   }
   return a;
@@ -786,7 +791,7 @@ class SharedPasses {
         b_(b),
         s_(s),
         n_passes_(lat.d + 1),
-        chunk_(lat.chains != nullptr ? kChainChunk : kVertexChunk) {
+        chunk_(lat.chains != nullptr ? kDynamicChains : kDynamicVertices) {
     for (int step = 0; step < n_passes_; ++step) {
       first_chunk_.push_back(n_chunks_);
       n_chunks_ += (pass_units(lat, step, reverse) + chunk_ - 1) / chunk_;
@@ -809,9 +814,6 @@ class SharedPasses {
   }
 
  private:
-  static constexpr int64_t kVertexChunk = 2048;
-  static constexpr int64_t kChainChunk = 512;
-
   void run_chunk(int64_t c) {
     int step = 0;
     while (c >= first_chunk_[step + 1]) ++step;
@@ -914,8 +916,11 @@ void splat_and_blur(const LatticeView* const* lats, int n_terms, const float* va
     }
     early_passes.reset(new SharedPasses(lat, reverse, bufs[early], b, s));
   }
-  at::parallel_for(0, n_terms, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
+  // Terms are handed out one at a time (more terms than threads: whoever is free next).
+  std::atomic<int> next_term{0};
+  const int64_t n_workers = std::min<int64_t>(at::get_num_threads(), n_terms);
+  at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
+    for (int t = next_term.fetch_add(1); t < n_terms; t = next_term.fetch_add(1)) {
       splat_term(*lats[t], swept[t] ? &plans[t] : nullptr, values, s, bufs[t], reverse);
       if (t == early) early_passes->mark_ready();
     }
@@ -930,20 +935,24 @@ void splat_and_blur(const LatticeView* const* lats, int n_terms, const float* va
 }
 
 void slice(const LatticeView& lat, const float* buf, int64_t s, float* out) {
-  at::parallel_for(0, lat.n_points, kGrain,
-                   [&](int64_t begin, int64_t end) { slice_range(lat, buf, s, out, begin, end); });
+  parallel_for_dynamic(lat.n_points, kDynamicRows,
+                       [&](int64_t begin, int64_t end) { slice_range(lat, buf, s, out, begin, end); });
 }
 
 void update_rows(const TermUpdate* terms, int n_terms, const float* unary, int64_t n, int64_t m,
                  int64_t s, float* q) {
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<float[]> scratch(new float[s]);
-    update_range(terms, n_terms, unary, m, s, q, scratch.get(), begin, end);
-  });
+  // Chunks handed out dynamically: the update is a third of an iteration, and on a shared
+  // machine one thread held back at the end of a static split stalled the other (4% of a
+  // 21-label call with a competing process; no change on a quiet machine).
+  parallel_for_dynamic(
+      n, kDynamicRows, [&] { return std::unique_ptr<float[]>(new float[s]); },
+      [&](const std::unique_ptr<float[]>& scratch, int64_t begin, int64_t end) {
+        update_range(terms, n_terms, unary, m, s, q, scratch.get(), begin, end);
+      });
 }
 
 void softmax_neg(const float* unary, int64_t n, int64_t m, int64_t s, float* q) {
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(n, kDynamicRows, [&](int64_t begin, int64_t end) {
     softmax_neg_range(unary, m, s, q, begin, end);
   });
 }
@@ -956,7 +965,7 @@ constexpr int64_t kCopyBlock = 64;
 
 void copy_matrix(const float* src, int64_t src_sp, int64_t src_sl, float* dst, int64_t dst_sp,
                  int64_t dst_sl, int64_t n, int64_t m, int64_t zero_to) {
-  at::parallel_for(0, (n + kCopyBlock - 1) / kCopyBlock, 16, [&](int64_t b0, int64_t b1) {
+  parallel_for_dynamic((n + kCopyBlock - 1) / kCopyBlock, 64, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t p0 = b * kCopyBlock, p1 = std::min(n, p0 + kCopyBlock);
       for (int64_t p = p0; p < p1; ++p) {

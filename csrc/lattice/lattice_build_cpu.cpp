@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/large_buffer.h"
+#include "common/parallel_dynamic.h"
 #include "lattice/lattice.h"
 #include "lattice/lattice_sort_cpu.h"
 #include "lattice/lattice_table.h"
@@ -40,7 +41,7 @@ void embed_points_d(const float* features, int64_t n, int d_runtime, int32_t* re
                     float* bary) {
   const int d = kD > 0 ? kD : d_runtime;
   const Embedding<T> emb = make_embedding<T>(d);
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(n, kGrain, [&](int64_t begin, int64_t end) {
     Simplex s;
     for (int64_t p = begin; p < end; ++p) {
       embed_point<T, kD>(features + p * d, emb, s);

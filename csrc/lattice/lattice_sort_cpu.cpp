@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/large_buffer.h"
+#include "common/parallel_dynamic.h"
 
 namespace fastseg {
 namespace lattice {
@@ -51,10 +52,11 @@ int64_t chunk_count(int64_t n) {
   return std::max<int64_t>(1, std::min<int64_t>(4 * at::get_num_threads(), n / 16384));
 }
 
-// fn(c, begin, end) for chunk c = [n c / chunks, n (c+1) / chunks), chunks in parallel.
+// fn(c, begin, end) for chunk c = [n c / chunks, n (c+1) / chunks), chunks in parallel,
+// handed out one at a time (see parallel_dynamic.h).
 template <typename Fn>
 void for_chunks(int64_t n, int64_t chunks, const Fn& fn) {
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+  parallel_for_dynamic(chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) fn(c, n * c / chunks, n * (c + 1) / chunks);
   });
 }
@@ -148,7 +150,7 @@ void radix_sort_pairs(uint64_t* key, int32_t* value, int64_t n, int bits) {
     std::swap(value_src, value_dst);
   }
   if (key_src != key) {  // an odd number of passes ran: the result is in the scratch arrays
-    at::parallel_for(0, n, 65536, [&](int64_t begin, int64_t end) {
+    parallel_for_dynamic(n, 65536, [&](int64_t begin, int64_t end) {
       std::copy(key_src + begin, key_src + end, key + begin);
       std::copy(value_src + begin, value_src + end, value + begin);
     });
@@ -161,7 +163,7 @@ void radix_sort_pairs(uint64_t* key, int32_t* value, int64_t n, int bits) {
 void find_neighbors_sorted(const SortedVertices& sorted, const KeyPacking& packing, int64_t nv,
                            int32_t* neighbors) {
   const int d = packing.d;
-  at::parallel_for(0, d + 1, 1, [&](int64_t j0, int64_t j1) {
+  parallel_for_dynamic(d + 1, 1, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       int32_t* nb = neighbors + j * nv * 2;
       int64_t a = 0;
@@ -231,7 +233,7 @@ bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* 
     field_one[i] = uint64_t(1) << packing.shift[i];
     all_ones += field_one[i];
   }
-  at::parallel_for(0, n_points, 4096, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(n_points, 4096, [&](int64_t begin, int64_t end) {
     uint64_t drop_at_rank[kMaxDim + 1];
     for (int64_t p = begin; p < end; ++p) {
       const int32_t* rem0 = store.rem0 + p * dp1;
@@ -255,7 +257,7 @@ bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* 
   // Number vertices by first use: mark each run's first entry, then count marks in entry order.
   auto is_first = scratch_large<uint8_t>(n_entries);
   std::memset(is_first.get(), 0, n_entries);
-  at::parallel_for(0, n_entries, 16384, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(n_entries, 16384, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       if (i == 0 || key[i] != key[i - 1]) is_first[entry[i]] = 1;
     }
@@ -284,7 +286,7 @@ bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* 
     bound[c] = b;
   }
   std::vector<int64_t> runs_before(entry_chunks);
-  at::parallel_for(0, entry_chunks, 1, [&](int64_t c0, int64_t c1) {
+  parallel_for_dynamic(entry_chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       int64_t n_runs = 0;
       for (int64_t i = bound[c]; i < bound[c + 1]; ++i) n_runs += i == 0 || key[i] != key[i - 1];
@@ -299,7 +301,7 @@ bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* 
   const auto int_options = float_options.dtype(at::kInt);
   at::Tensor keys = empty_large({nv, d}, int_options);
   int32_t* keys_ptr = keys.data_ptr<int32_t>();
-  at::parallel_for(0, entry_chunks, 1, [&](int64_t c0, int64_t c1) {
+  parallel_for_dynamic(entry_chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       int64_t run = runs_before[c] - 1;
       int32_t v = 0;
@@ -321,7 +323,7 @@ bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* 
   // Transposed (vertex -> point) index: run lengths give the CSR offsets in vertex order.
   at::Tensor splat_offsets = empty_large({nv + 1}, float_options.dtype(at::kLong));
   int64_t* offsets = splat_offsets.data_ptr<int64_t>();
-  at::parallel_for(0, nv, 16384, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(nv, 16384, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
       offsets[sorted.vertex[r]] = run_start[r + 1] - run_start[r];
   });
@@ -331,7 +333,7 @@ bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* 
   at::Tensor splat_weights = empty_large({n_entries}, float_options);
   int32_t* points = splat_points.data_ptr<int32_t>();
   float* weights = splat_weights.data_ptr<float>();
-  at::parallel_for(0, nv, 4096, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(nv, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       int64_t pos = offsets[sorted.vertex[r]];
       for (int64_t i = run_start[r]; i < run_start[r + 1]; ++i, ++pos) {
@@ -343,7 +345,7 @@ bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* 
 
   at::Tensor neighbors = empty_large({dp1, nv, 2}, int_options);
   int32_t* nb = neighbors.data_ptr<int32_t>();
-  at::parallel_for(0, dp1 * nv * 2, 65536, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(dp1 * nv * 2, 65536, [&](int64_t begin, int64_t end) {
     std::fill(nb + begin, nb + end, static_cast<int32_t>(nv));
   });
   find_neighbors_sorted(sorted, packing, nv, neighbors.data_ptr<int32_t>());
