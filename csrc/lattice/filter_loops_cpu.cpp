@@ -935,8 +935,9 @@ void splat_and_blur(const LatticeView* const* lats, int n_terms, const float* va
 }
 
 void slice(const LatticeView& lat, const float* buf, int64_t s, float* out) {
-  parallel_for_dynamic(lat.n_points, kDynamicRows,
-                       [&](int64_t begin, int64_t end) { slice_range(lat, buf, s, out, begin, end); });
+  parallel_for_dynamic(lat.n_points, kDynamicRows, [&](int64_t begin, int64_t end) {
+    slice_range(lat, buf, s, out, begin, end);
+  });
 }
 
 void update_rows(const TermUpdate* terms, int n_terms, const float* unary, int64_t n, int64_t m,
