@@ -6,6 +6,7 @@ prints fastseg's speed-up over the reference of its group (the machine is shared
 ratios from one run are the numbers to quote).
 """
 import json
+import statistics
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import pytest
 
 _MEDIANS = {}  # group -> {name: median seconds}
 _REFERENCE = {}  # group -> name of the reference implementation
+_PAIRED = {}  # label -> (reference name, name, [reference s], [s]) from alternating rounds
 
 
 def record(benchmark, group: str, name: str, reference: bool = False) -> None:
@@ -27,6 +29,19 @@ def record(benchmark, group: str, name: str, reference: bool = False) -> None:
     ref = _REFERENCE.get(group)
     if ref and ref != name and ref in _MEDIANS[group]:
         benchmark.extra_info["speedup_vs_" + ref] = round(_MEDIANS[group][ref] / median, 2)
+
+
+def record_pairs(benchmark, label: str, ref_name: str, name: str, ref_times, times) -> None:
+    """Rounds that ran the reference and fastseg back to back: each round's ratio compares two
+    calls made seconds apart, so a slow drift in the machine's load moves both; the median of
+    the per-round ratios goes into extra_info and the session summary."""
+    ratios = sorted(r / t for r, t in zip(ref_times, times))
+    benchmark.extra_info.update(
+        reference=ref_name, reference_ms=[round(t * 1e3, 1) for t in ref_times],
+        fastseg_ms=[round(t * 1e3, 1) for t in times],
+        round_ratios=[round(r, 2) for r in ratios],
+        median_round_ratio=round(statistics.median(ratios), 2))
+    _PAIRED[label] = (ref_name, name, list(ref_times), list(times))
 
 
 _MEMORY_CHILD = """
@@ -56,9 +71,17 @@ def peak_memory_mb(setup: str, work: str) -> float:
 
 
 def pytest_terminal_summary(terminalreporter):
+    tr = terminalreporter
+    if _PAIRED:
+        tr.section("fastseg vs reference (alternating rounds: per-round ratios)")
+        for label, (ref_name, name, ref_times, times) in _PAIRED.items():
+            ratios = sorted(r / t for r, t in zip(ref_times, times))
+            tr.write_line(f"{label:34s} {name} vs {ref_name}: median {statistics.median(ratios):.2f}x"
+                          f" (rounds {', '.join(f'{r:.2f}' for r in ratios)}; "
+                          f"{statistics.median(times) * 1e3:.0f} vs "
+                          f"{statistics.median(ref_times) * 1e3:.0f} ms)")
     if not _MEDIANS:
         return
-    tr = terminalreporter
     tr.section("fastseg vs reference (same run, median times)")
     for group, medians in _MEDIANS.items():
         ref = _REFERENCE.get(group)

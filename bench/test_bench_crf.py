@@ -4,10 +4,13 @@ Each group times pydensecrf and fastseg on the same image and unary in the same 
 how closely fastseg's output agrees (max |Q - Q_ref|, argmax agreement) in extra_info. The
 whole CRF call is timed as users make it: build the CRF, add both terms (lattice construction),
 10 mean-field iterations. fastseg keeps the gaussian term of an image size for later calls of
-that size; the "cold" row drops it before every call.
+that size; the "cold" row drops it before every call. The "alternating" groups run pydensecrf
+and fastseg back to back in every round and report the median of the per-round ratios.
 
     pytest bench/test_bench_crf.py --benchmark-only
 """
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +21,7 @@ import fastseg.densecrf.utils as futils
 from fastseg.crf import grid_terms
 from fastseg.testing import image_probs
 
-from conftest import peak_memory_mb, record
+from conftest import peak_memory_mb, record, record_pairs
 
 pcrf = pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 is the reference")
 import pydensecrf.utils as putils  # noqa: E402
@@ -83,6 +86,31 @@ def test_crf_astronaut(benchmark, bench_photo, n_labels, impl):
             ref = crf_call(pcrf, putils, probs, image)
         benchmark.extra_info.update(agreement(q, ref))
     record(benchmark, group, impl, reference=impl == "pydensecrf")
+
+
+@pytest.mark.parametrize("n_labels", [21, 182])
+def test_crf_astronaut_alternating(benchmark, bench_photo, n_labels):
+    """pydensecrf and fastseg.dense_crf back to back in every round, one ratio per round: the
+    groups above time each implementation's rounds together, minutes apart with 182 labels,
+    and the load of a shared machine can change in between."""
+    image = bench_photo("astronaut")
+    probs = image_probs(image, n_labels, seed=n_labels)
+    benchmark.group = f"crf astronaut 512x512 {n_labels} labels, alternating"
+    run_impl("fastseg.dense_crf", probs, image)  # warm-up (and the gaussian term of the size)
+    ref_times, times = [], []
+
+    def one_round():
+        t0 = time.perf_counter()
+        run_impl("pydensecrf", probs, image)
+        t1 = time.perf_counter()
+        q = run_impl("fastseg.dense_crf", probs, image)
+        ref_times.append(t1 - t0)
+        times.append(time.perf_counter() - t1)
+        return q
+
+    benchmark.pedantic(one_round, rounds=5 if n_labels == 21 else 3, iterations=1)
+    record_pairs(benchmark, f"crf astronaut {n_labels} labels", "pydensecrf",
+                 "fastseg.dense_crf", ref_times, times)
 
 
 @pytest.mark.parametrize("impl", IMPLS[:2])
