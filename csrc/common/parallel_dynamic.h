@@ -17,27 +17,17 @@
 namespace fastseg {
 
 // fn(begin, end) for consecutive chunks [begin, end) of [0, n), each at most `chunk` long.
-// `per_thread()` is called once on each thread that takes part, and its result is passed to
-// every fn call that thread makes (per-thread scratch space).
-template <typename PerThread, typename Fn>
-void parallel_for_dynamic(int64_t n, int64_t chunk, const PerThread& per_thread, const Fn& fn) {
+template <typename Fn>
+void parallel_for_dynamic(int64_t n, int64_t chunk, const Fn& fn) {
   if (n <= 0) return;
   const int64_t n_chunks = (n + chunk - 1) / chunk;
   std::atomic<int64_t> next{0};
   const int64_t n_threads = std::min<int64_t>(at::get_num_threads(), n_chunks);
   at::parallel_for(0, n_threads, 1, [&](int64_t, int64_t) {
-    auto state = per_thread();
     for (int64_t c = next.fetch_add(1); c < n_chunks; c = next.fetch_add(1)) {
-      fn(state, c * chunk, std::min(n, (c + 1) * chunk));
+      fn(c * chunk, std::min(n, (c + 1) * chunk));
     }
   });
-}
-
-// The same without per-thread state: fn(begin, end).
-template <typename Fn>
-void parallel_for_dynamic(int64_t n, int64_t chunk, const Fn& fn) {
-  parallel_for_dynamic(
-      n, chunk, [] { return 0; }, [&](int, int64_t begin, int64_t end) { fn(begin, end); });
 }
 
 }  // namespace fastseg

@@ -366,10 +366,47 @@ FASTSEG_CLONES void blur_chains(const int32_t* chain, const int64_t* starts, int
   FASTSEG_BY_WIDTH(s, blur_chains_w, chain, starts, c_begin, c_end, x, s, prev, zero);
 }
 
-// out = out_scale[p] * sum_r (alpha w_r) buf[vertex_r], accumulated from zero in vertex order.
-template <int W>
+// emit(k, acc) with acc = out_scale[p] * sum_r (alpha w_r) buf[vertex_r][k .. k+W), accumulated
+// from zero in vertex order, for every chunk k of W lanes: the caller stores it (slice) or adds
+// it to the logits straight from registers (the update).
+//
+// kDp1 > 0: d + 1 known at compile time. The point's row pointers and scaled weights are then
+// loaded once into registers: a caller's stores may alias anything as far as the compiler
+// knows, so the generic loop reloads indices, weights and alpha for every chunk of W lanes.
+// Same operations in the same order: same bits; the update ran 11% faster on one thread.
+template <int W, int kDp1, typename Emit>
+FASTSEG_INLINE void slice_point_d(const LatticeView& lat, const float* buf, int64_t s, int64_t p,
+                                  const Emit& emit) {
+  using F = typename Vec<W>::f;
+  const int32_t* vert = lat.vertices + p * kDp1;
+  const float* wts = lat.weights + p * kDp1;
+  const float* rows[kDp1];
+  F w[kDp1];
+  for (int r = 0; r < kDp1; ++r) {
+    rows[r] = buf + static_cast<int64_t>(vert[r]) * s;
+    w[r] = F{} + wts[r] * lat.alpha;
+  }
+  const float* out_scale = lat.out_scale;
+  const float sc = out_scale != nullptr ? out_scale[p] : 1.f;
+  for (int64_t k = 0; k < s; k += W) {
+    F acc = F{} + 0.f;
+    for (int r = 0; r < kDp1; ++r) acc = acc + w[r] * load<W>(rows[r] + k);
+    if (out_scale != nullptr) acc = acc * sc;
+    emit(k, acc);
+  }
+}
+
+// Specialised for d = 1..6 (the 2-D and 5-D terms of DenseCRF2D among them); larger d run the
+// generic loop.
+constexpr int kMaxSliceDp1 = 7;
+
+template <int W, int kDp1 = 2, typename Emit>
 FASTSEG_INLINE void slice_point(const LatticeView& lat, const float* buf, int64_t s, int64_t p,
-                                float* out) {
+                                const Emit& emit) {
+  if constexpr (kDp1 <= kMaxSliceDp1) {
+    if (lat.d + 1 == kDp1) return slice_point_d<W, kDp1>(lat, buf, s, p, emit);
+    return slice_point<W, kDp1 + 1>(lat, buf, s, p, emit);
+  }
   using F = typename Vec<W>::f;
   const int dp1 = lat.d + 1;
   const int32_t* vert = lat.vertices + p * dp1;
@@ -380,14 +417,21 @@ FASTSEG_INLINE void slice_point(const LatticeView& lat, const float* buf, int64_
       acc = acc + (wts[r] * lat.alpha) * load<W>(buf + static_cast<int64_t>(vert[r]) * s + k);
     }
     if (lat.out_scale != nullptr) acc = acc * lat.out_scale[p];
-    store<W>(out + k, acc);
+    emit(k, acc);
   }
+}
+
+template <int W>
+FASTSEG_INLINE void slice_point_to(const LatticeView& lat, const float* buf, int64_t s, int64_t p,
+                                   float* out) {
+  slice_point<W>(lat, buf, s, p,
+                 [out](int64_t k, typename Vec<W>::f acc) { store<W>(out + k, acc); });
 }
 
 FASTSEG_CLONES void slice_range(const LatticeView& lat, const float* buf, int64_t s, float* out,
                                 int64_t p_begin, int64_t p_end) {
   for (int64_t p = p_begin; p < p_end; ++p) {
-    FASTSEG_BY_WIDTH(s, slice_point, lat, buf, s, p, out + p * s);
+    FASTSEG_BY_WIDTH(s, slice_point_to, lat, buf, s, p, out + p * s);
   }
 }
 
@@ -494,7 +538,7 @@ FASTSEG_INLINE void softmax_rows(float* rows, int64_t n_rows, int64_t m, int64_t
 // Logits of point p: -unary + every term's message, written into q's row.
 template <int W>
 FASTSEG_INLINE void logits_point(const TermUpdate* terms, int n_terms, const float* unary,
-                                 int64_t s, float* q, float* scratch, int64_t p) {
+                                 int64_t s, float* q, int64_t p) {
   float* row = q + p * s;
   const float* u = unary + p * s;
   for (int64_t k = 0; k < s; k += W) store<W>(row + k, -load<W>(u + k));
@@ -504,11 +548,10 @@ FASTSEG_INLINE void logits_point(const TermUpdate* terms, int n_terms, const flo
       const float* msg = term.dense_message + p * s;
       for (int64_t k = 0; k < s; k += W) store<W>(row + k, load<W>(row + k) + load<W>(msg + k));
     } else {
-      slice_point<W>(*term.lattice, term.result, s, p, scratch);
       const float* c = term.label_compat;
-      for (int64_t k = 0; k < s; k += W) {
-        store<W>(row + k, load<W>(row + k) + load<W>(c + k) * load<W>(scratch + k));
-      }
+      slice_point<W>(*term.lattice, term.result, s, p, [row, c](int64_t k, typename Vec<W>::f f) {
+        store<W>(row + k, load<W>(row + k) + load<W>(c + k) * f);
+      });
     }
   }
 }
@@ -526,23 +569,21 @@ FASTSEG_INLINE void prefetch_point(const TermUpdate* terms, int n_terms, int64_t
 
 template <int W>
 FASTSEG_INLINE void update_range_w(const TermUpdate* terms, int n_terms, const float* unary,
-                                   int64_t m, int64_t s, float* q, float* scratch, int64_t p_begin,
-                                   int64_t p_end) {
+                                   int64_t m, int64_t s, float* q, int64_t p_begin, int64_t p_end) {
   for (int64_t b = p_begin; b < p_end; b += kSoftmaxBlock) {
     const int64_t b_end = std::min(p_end, b + kSoftmaxBlock);
     for (int64_t p = b; p < b_end; ++p) {
       // Each point gathers (d+1) rows per term: 8 points ahead measured 2-9% faster than 4.
       if (p + 8 < p_end) prefetch_point(terms, n_terms, s, p + 8);
-      logits_point<W>(terms, n_terms, unary, s, q, scratch, p);
+      logits_point<W>(terms, n_terms, unary, s, q, p);
     }
     softmax_rows<W>(q + b * s, b_end - b, m, s);
   }
 }
 
 FASTSEG_CLONES void update_range(const TermUpdate* terms, int n_terms, const float* unary,
-                                 int64_t m, int64_t s, float* q, float* scratch, int64_t p_begin,
-                                 int64_t p_end) {
-  FASTSEG_BY_WIDTH(s, update_range_w, terms, n_terms, unary, m, s, q, scratch, p_begin, p_end);
+                                 int64_t m, int64_t s, float* q, int64_t p_begin, int64_t p_end) {
+  FASTSEG_BY_WIDTH(s, update_range_w, terms, n_terms, unary, m, s, q, p_begin, p_end);
 }
 
 template <int W>
@@ -943,13 +984,11 @@ void slice(const LatticeView& lat, const float* buf, int64_t s, float* out) {
 void update_rows(const TermUpdate* terms, int n_terms, const float* unary, int64_t n, int64_t m,
                  int64_t s, float* q) {
   // Chunks handed out dynamically: the update is a third of an iteration, and on a shared
-  // machine one thread held back at the end of a static split stalled the other (4% of a
+  // machine one thread held back at the end of a static split stalled the other (2-6% of a
   // 21-label call with a competing process; no change on a quiet machine).
-  parallel_for_dynamic(
-      n, kDynamicRows, [&] { return std::unique_ptr<float[]>(new float[s]); },
-      [&](const std::unique_ptr<float[]>& scratch, int64_t begin, int64_t end) {
-        update_range(terms, n_terms, unary, m, s, q, scratch.get(), begin, end);
-      });
+  parallel_for_dynamic(n, kDynamicRows, [&](int64_t begin, int64_t end) {
+    update_range(terms, n_terms, unary, m, s, q, begin, end);
+  });
 }
 
 void softmax_neg(const float* unary, int64_t n, int64_t m, int64_t s, float* q) {
