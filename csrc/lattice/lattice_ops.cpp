@@ -1,7 +1,6 @@
 // Operator schemas of the lattice family and the checks both devices share. The CPU kernels
 // are registered in lattice_build_cpu.cpp / lattice_filter_cpu.cpp, the CUDA ones in
 // lattice_cuda.cu, the fake (meta) kernels and autograd in fastseg/ops/lattice.py.
-#include <ATen/Parallel.h>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/amax.h>
 #include <torch/library.h>
@@ -11,6 +10,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/parallel_dynamic.h"
 #include "lattice/lattice.h"
 #include "lattice/permutohedral_math.h"
 
@@ -47,7 +47,7 @@ std::vector<double> max_abs_per_dimension(const at::Tensor& features) {
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(64, n / 16384));
   std::vector<float> chunk_max(chunks * d, 0.f);
   std::vector<char> chunk_bad(chunks * d, 0);
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+  parallel_for_dynamic(chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       float mx[kMaxDim] = {};
       bool bad[kMaxDim] = {};
