@@ -14,7 +14,7 @@ import pytest
 
 _MEDIANS = {}  # group -> {name: median seconds}
 _REFERENCE = {}  # group -> name of the reference implementation
-_PAIRED = {}  # label -> (reference name, name, [reference s], [s]) from alternating rounds
+_PAIRED = {}  # label -> summary line of alternating rounds (record_pairs)
 
 
 def record(benchmark, group: str, name: str, reference: bool = False) -> None:
@@ -36,12 +36,15 @@ def record_pairs(benchmark, label: str, ref_name: str, name: str, ref_times, tim
     calls made seconds apart, so a slow drift in the machine's load moves both; the median of
     the per-round ratios goes into extra_info and the session summary."""
     ratios = sorted(r / t for r, t in zip(ref_times, times))
+    median = statistics.median(ratios)
     benchmark.extra_info.update(
         reference=ref_name, reference_ms=[round(t * 1e3, 1) for t in ref_times],
         fastseg_ms=[round(t * 1e3, 1) for t in times],
-        round_ratios=[round(r, 2) for r in ratios],
-        median_round_ratio=round(statistics.median(ratios), 2))
-    _PAIRED[label] = (ref_name, name, list(ref_times), list(times))
+        round_ratios=[round(r, 2) for r in ratios], median_round_ratio=round(median, 2))
+    _PAIRED[label] = (f"{name} vs {ref_name}: median {median:.2f}x (rounds "
+                      f"{', '.join(f'{r:.2f}' for r in ratios)}; "
+                      f"{statistics.median(times) * 1e3:.0f} vs "
+                      f"{statistics.median(ref_times) * 1e3:.0f} ms)")
 
 
 _MEMORY_CHILD = """
@@ -74,12 +77,8 @@ def pytest_terminal_summary(terminalreporter):
     tr = terminalreporter
     if _PAIRED:
         tr.section("fastseg vs reference (alternating rounds: per-round ratios)")
-        for label, (ref_name, name, ref_times, times) in _PAIRED.items():
-            ratios = sorted(r / t for r, t in zip(ref_times, times))
-            tr.write_line(f"{label:34s} {name} vs {ref_name}: median {statistics.median(ratios):.2f}x"
-                          f" (rounds {', '.join(f'{r:.2f}' for r in ratios)}; "
-                          f"{statistics.median(times) * 1e3:.0f} vs "
-                          f"{statistics.median(ref_times) * 1e3:.0f} ms)")
+        for label, line in _PAIRED.items():
+            tr.write_line(f"{label:34s} {line}")
     if not _MEDIANS:
         return
     tr.section("fastseg vs reference (same run, median times)")
