@@ -64,6 +64,29 @@ def test_pack_and_unpack_are_adjoint():
         torch.testing.assert_close(lhs, rhs)
 
 
+@pytest.mark.parametrize("layout", ["oi", "io"])
+def test_pack_gives_each_tap_the_sum_of_its_sources(layout):
+    torch.manual_seed(1)
+    rates = (1, 2, 1)  # the centre tap has three sources, the rate-1 ring two each
+    weights = [torch.randn(3, 4, 3, 3).to(torch.bfloat16) for _ in rates]
+    table = aspp_tap_table(rates, (5, 6))
+    packed = pack_tap_weights(weights, table, layout)
+    assert packed.dtype == torch.bfloat16 and packed.is_contiguous()
+    for i, tap in enumerate(table.taps):
+        want = sum(weights[b][:, :, ky, kx].float() for b, ky, kx in tap.sources).to(torch.bfloat16)
+        assert torch.equal(packed[i], want if layout == "oi" else want.T)
+    with pytest.raises(ValueError, match="same shape"):
+        pack_tap_weights([weights[0], weights[1][:2]], table, layout)
+
+
+def test_tables_and_their_device_rows_are_built_once():
+    a = aspp_tap_table([6, 12, 18, 24], (33, 33))
+    assert aspp_tap_table((6, 12, 18, 24), (33, 33)) is a
+    assert a.as_tensor("cpu") is a.as_tensor(torch.device("cpu"))
+    assert transposed_tap_table(a) is transposed_tap_table(a)
+    assert conv_tap_table((3, 3), (9, 9), (1, 1), (2, 2), (2, 2)) is conv_tap_table((3, 3), (9, 9), (1, 1), (2, 2), (2, 2))
+
+
 @pytest.mark.parametrize("hw,overhead", [((65, 65), 0), ((65, 65), 256), ((41, 41), 256), ((7, 30), 0),
                                          ((1, 1), 0), ((30, 7), 10000)])
 def test_row_bands_cover_exactly_the_rows_each_tap_reads(hw, overhead):

@@ -159,12 +159,17 @@ def prune_wgrad(configs, c_in, c_out, n_taps, pixels, sms, itemsize, max_shared)
 _TUNED: dict = {}
 
 
-def _pick(key, candidates, launch: Callable, interpreter_config):
-    """The cached best configuration for `key`, timing each candidate on a cache miss."""
+def _pick(key, candidates_for: Callable, launch: Callable, interpreter_config):
+    """The cached best configuration for `key`, timing each of candidates_for() on a cache miss.
+
+    A hit costs one dict lookup: this runs on every call, and on a GPU the host's time per
+    call, not the kernel's, bounds small problems."""
     if interpreting():
         return interpreter_config
-    if key in _TUNED:
-        return _TUNED[key]
+    best = _TUNED.get(key)
+    if best is not None:
+        return best
+    candidates = candidates_for()
     if len(candidates) == 1:
         best = candidates[0]
     else:
@@ -236,9 +241,9 @@ def conv_forward(x: torch.Tensor, w_taps: torch.Tensor, table: TapTable, *,
 
     key = ("fwd", n, c_in, h, w, c_out, oh, ow, len(table), table.stride, x.dtype, x.stride(),
            memory_format, tuple(flags.values()), precision, x.device)
-    candidates = prune_fwd(FWD_CONFIGS, n, c_in, c_out, (oh, ow), len(table), _sm_count(x.device),
-                           x.element_size(), _max_shared(x.device))
-    cfg = _pick(key, candidates, launch, INTERPRETER_FWD_CONFIG)
+    cfg = _pick(key, lambda: prune_fwd(FWD_CONFIGS, n, c_in, c_out, (oh, ow), len(table),
+                                       _sm_count(x.device), x.element_size(), _max_shared(x.device)),
+                launch, INTERPRETER_FWD_CONFIG)
     launch(cfg)
     return out
 
@@ -282,8 +287,8 @@ def conv_weight_grad(x: torch.Tensor, grad: torch.Tensor, table: TapTable) -> to
 
     key = ("wgrad", n, c_in, c_out, table.in_hw, table.out_hw, tuple(table.taps), table.stride,
            x.dtype, x.stride(), grad.stride(), precision, x.device)
-    candidates = prune_wgrad(WGRAD_CONFIGS, c_in, c_out, n_taps, pixels, _sm_count(x.device),
-                             x.element_size(), _max_shared(x.device))
-    cfg = _pick(key, candidates, launch, INTERPRETER_WGRAD_CONFIG)
+    cfg = _pick(key, lambda: prune_wgrad(WGRAD_CONFIGS, c_in, c_out, n_taps, pixels, _sm_count(x.device),
+                                         x.element_size(), _max_shared(x.device)),
+                launch, INTERPRETER_WGRAD_CONFIG)
     launch(cfg)
     return result["dw"]

@@ -22,8 +22,9 @@ CPU path and the Triton kernels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+import functools
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 
@@ -73,9 +74,21 @@ class TapTable:
     in_hw: tuple[int, int]
     out_hw: tuple[int, int]
     stride: tuple[int, int]
+    # Things derived from the table and kept with it (device copies of the tap rows, gather
+    # indices): the builders below are cached, so a model calling the same layer again reuses
+    # them. The first device copy of a host tensor waits for the GPU to catch up; making it once
+    # per table keeps the host ahead of the GPU on later calls.
+    _derived: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.taps)
+
+    def derived(self, key, make: Callable):
+        """make(), computed once per key and kept with the table."""
+        value = self._derived.get(key)
+        if value is None:
+            value = self._derived[key] = make()
+        return value
 
     @property
     def n_kernel_positions(self) -> int:
@@ -83,9 +96,18 @@ class TapTable:
         return sum(b.kh * b.kw for b in self.branches)
 
     def as_tensor(self, device: torch.device | str) -> torch.Tensor:
-        """(T, 6) int32 table, columns TAP_FIELDS, for the Triton kernels."""
-        rows = [[t.dy, t.dx, t.oh_lo, t.oh_hi, t.ow_lo, t.ow_hi] for t in self.taps]
-        return torch.tensor(rows, dtype=torch.int32).reshape(-1, len(TAP_FIELDS)).to(device)
+        """(T, 6) int32 table, columns TAP_FIELDS, for the Triton kernels (cached per device)."""
+        def make():
+            rows = [[t.dy, t.dx, t.oh_lo, t.oh_hi, t.ow_lo, t.ow_hi] for t in self.taps]
+            return torch.tensor(rows, dtype=torch.int32).reshape(-1, len(TAP_FIELDS)).to(device)
+        return self.derived(("rows", torch.device(device)), make)
+
+    def source_index(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(branch, ky, kx) of every tap's first source, as three int64 tensors (cached per device)."""
+        def make():
+            first = torch.tensor([t.sources[0] for t in self.taps], dtype=torch.int64).reshape(-1, 3)
+            return tuple(first.to(device).unbind(1))
+        return self.derived(("first_source", torch.device(device)), make)
 
 
 def conv_out_size(in_size: int, k: int, stride: int, padding: int, dilation: int) -> int:
@@ -111,9 +133,10 @@ def build_tap_table(branches: Sequence[Branch], in_hw: tuple[int, int], out_hw: 
     return TapTable(tuple(taps), tuple(branches), tuple(in_hw), tuple(out_hw), tuple(stride))
 
 
+@functools.lru_cache(maxsize=512)
 def conv_tap_table(kernel_hw: tuple[int, int], in_hw: tuple[int, int], stride: tuple[int, int],
                    padding: tuple[int, int], dilation: tuple[int, int]) -> TapTable:
-    """Tap table of one convolution (groups=1)."""
+    """Tap table of one convolution (groups=1); cached (arguments are tuples of ints)."""
     kh, kw = kernel_hw
     out_hw = (conv_out_size(in_hw[0], kh, stride[0], padding[0], dilation[0]),
               conv_out_size(in_hw[1], kw, stride[1], padding[1], dilation[1]))
@@ -123,18 +146,28 @@ def conv_tap_table(kernel_hw: tuple[int, int], in_hw: tuple[int, int], stride: t
 
 def aspp_tap_table(rates: Sequence[int], in_hw: tuple[int, int]) -> TapTable:
     """Tap table of DeepLab-v2's ASPP: one 3x3 branch per rate, padding = dilation = rate."""
+    return _aspp_tap_table(tuple(rates), tuple(in_hw))
+
+
+@functools.lru_cache(maxsize=512)
+def _aspp_tap_table(rates: tuple[int, ...], in_hw: tuple[int, int]) -> TapTable:
     branches = [Branch(3, 3, r, r, r, r) for r in rates]
     return build_tap_table(branches, in_hw, in_hw, (1, 1))
 
 
 def transposed_tap_table(table: TapTable) -> TapTable:
-    """The table of the input-gradient convolution (stride 1 over the zero-inserted gradient).
+    """The table of the input-gradient convolution (stride 1 over the zero-inserted gradient);
+    kept with `table`.
 
     With g' the output gradient with (stride - 1) zeros inserted between pixels, of size
     ((OH-1)*stride + 1, (OW-1)*stride + 1), the input gradient is
     dx[ih, iw] = sum_t W_t^T g'[ih - dy_t, iw - dx_t]: a multi-tap convolution with the offsets
     negated, stride 1, whose output is the input's size. Tap order (and so weight order) is kept.
     """
+    return table.derived("transposed", lambda: _transposed(table))
+
+
+def _transposed(table: TapTable) -> TapTable:
     (h, w), (oh, ow), (sh, sw) = table.in_hw, table.out_hw, table.stride
     gh, gw = (oh - 1) * sh + 1, (ow - 1) * sw + 1
     taps = []
@@ -145,34 +178,49 @@ def transposed_tap_table(table: TapTable) -> TapTable:
     return TapTable(tuple(taps), table.branches, (gh, gw), (h, w), (1, 1))
 
 
+# Axis order of a branch's weights (Cout, Cin, kh, kw) with the tap matrix's rows and columns in
+# the layout's order: (kh, kw, Cout, Cin) for "oi", (kh, kw, Cin, Cout) for "io".
+_TAP_MAJOR = {"oi": (2, 3, 0, 1), "io": (2, 3, 1, 0)}
+# The axis order pack_tap_weights copies the branches into, and how it selects tap matrices
+# from the stacked copy. "oi" keeps Cout outermost, (Cout, kh, kw, Cin): the copy then reads
+# each output channel's weights once (ATen's CPU copy iterates the output's outer axes first;
+# a (kh, kw, ...) outer order re-reads the whole weight per kernel position, 3x slower here).
+_BANK = {"oi": ((0, 2, 3, 1), lambda bank, b, ky, kx: bank[b, :, ky, kx]),
+         "io": ((2, 3, 1, 0), lambda bank, b, ky, kx: bank[b, ky, kx])}
+
+
+def _check_layout(layout: str, shapes: Sequence[Sequence[int]]) -> None:
+    if layout not in _TAP_MAJOR:
+        raise ValueError(f"layout must be 'oi' or 'io', not {layout!r}")
+    if any(tuple(s) != tuple(shapes[0]) for s in shapes):
+        raise ValueError(f"all branch weights must have the same shape, got {[tuple(s) for s in shapes]}")
+
+
 def pack_tap_weights(weights: Sequence[torch.Tensor], table: TapTable, layout: str) -> torch.Tensor:
     """Gather (and sum, for merged taps) branch weights into one tensor indexed by tap.
 
-    weights[b] has nn.Conv2d's shape (Cout, Cin, kh, kw). ``layout`` is "oi" for (T, Cout, Cin)
-    (the CPU GEMM's left operand; also the input-gradient kernel's weights) or "io" for
-    (T, Cin, Cout) (the Triton forward kernel's right operand, Cout contiguous).
+    weights[b] has nn.Conv2d's shape (Cout, Cin, kh, kw), the same for every branch. ``layout``
+    is "oi" for (T, Cout, Cin) (the CPU GEMM's left operand; also the input-gradient kernel's
+    weights) or "io" for (T, Cin, Cout) (the Triton forward kernel's right operand, Cout
+    contiguous).
+
+    A fixed number of tensor operations whatever the number of taps: the branches stacked
+    tap-major (one copy), one gather by the taps' first sources, and a float32 sum for each
+    merged tap (ASPP has one). On a GPU every operation is a kernel launch paid on the host,
+    and this runs on every call.
     """
-    if layout not in ("oi", "io"):
-        raise ValueError(f"layout must be 'oi' or 'io', not {layout!r}")
-    if layout == "oi":
-        # channels_last puts Cin innermost: (Cout, kh, kw, Cin) physically, so every tap slice
-        # is a (Cout, Cin) matrix with contiguous rows. ATen converts to channels_last with a
-        # blocked kernel several times faster than a generic permute-copy (1.3 ms vs 5.8 ms for a
-        # 182x2048x3x3 weight on the development CPU).
-        per_branch = [w.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1) for w in weights]
-        tap_slice = lambda b, ky, kx: per_branch[b][:, ky, kx, :]  # noqa: E731
-    else:
-        per_branch = [w.permute(2, 3, 1, 0).contiguous() for w in weights]
-        tap_slice = lambda b, ky, kx: per_branch[b][ky, kx]  # noqa: E731
+    _check_layout(layout, [w.shape for w in weights])
+    perm, select = _BANK[layout]
+    cout, cin = weights[0].shape[:2]
     if not table.taps:  # every tap dead
-        cout, cin = weights[0].shape[:2]
         return weights[0].new_zeros((0, cout, cin) if layout == "oi" else (0, cin, cout))
-    packed = torch.stack([tap_slice(*tap.sources[0]) for tap in table.taps])
+    bank = torch.stack([w.permute(*perm) for w in weights])
+    packed = select(bank, *table.source_index(bank.device))
     for i, tap in enumerate(table.taps):
         if len(tap.sources) > 1:  # merged taps (the shared ASPP centre): sum, in float32 at least
-            acc = tap_slice(*tap.sources[0]).to(torch.promote_types(packed.dtype, torch.float32))
+            acc = select(bank, *tap.sources[0]).to(torch.promote_types(packed.dtype, torch.float32))
             for src in tap.sources[1:]:
-                acc = acc + tap_slice(*src)
+                acc = acc + select(bank, *src)
             packed[i] = acc
     return packed
 
@@ -182,17 +230,21 @@ def unpack_tap_grads(tap_grads: torch.Tensor, table: TapTable, weight_shapes: Se
     """Adjoint of pack_tap_weights: each kernel position gets its tap's gradient; dead taps get 0.
 
     A merged tap's weight is a plain sum of its sources, so every source receives the full
-    gradient of the tap.
+    gradient of the tap. One scatter into a zeroed tap-major bank (every kernel position is the
+    source of at most one tap, so the scatter has no duplicate destinations and is exact).
     """
-    grads = []
-    for shape in weight_shapes:
-        cout, cin, kh, kw = shape
-        grads.append(tap_grads.new_zeros((kh, kw, cout, cin) if layout == "oi" else (kh, kw, cin, cout)))
-    for i, tap in enumerate(table.taps):
-        for b, ky, kx in tap.sources:
-            grads[b][ky, kx] = tap_grads[i]
-    perm = (2, 3, 0, 1) if layout == "oi" else (3, 2, 0, 1)
-    return [g.permute(*perm).contiguous() for g in grads]
+    _check_layout(layout, weight_shapes)
+    cout, cin, kh, kw = weight_shapes[0]
+    bank = tap_grads.new_zeros((len(weight_shapes), kh, kw) + ((cout, cin) if layout == "oi" else (cin, cout)))
+    if table.taps:
+        def make():
+            pairs = [(i, src) for i, tap in enumerate(table.taps) for src in tap.sources]
+            index = torch.tensor([[i, *src] for i, src in pairs], dtype=torch.int64)
+            return tuple(index.to(tap_grads.device).unbind(1))
+        tap_of, b, ky, kx = table.derived(("all_sources", tap_grads.device), make)
+        bank[b, ky, kx] = tap_grads[tap_of]
+    inverse = [_TAP_MAJOR[layout].index(axis) for axis in range(4)]
+    return [g.permute(*inverse).contiguous() for g in bank.unbind(0)]
 
 
 @dataclass(frozen=True)
