@@ -210,3 +210,52 @@ def test_utils_match_pydensecrf(chelsea):
                                   putils.create_pairwise_bilateral((3, 4), (5, 6, 7), img, 2))
     np.testing.assert_array_equal(futils.create_pairwise_bilateral((3, 4), 5, img[..., 0]),
                                   putils.create_pairwise_bilateral((3, 4), 5, img[..., 0]))
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("norm", NORMS)
+def test_cuda_device_matches_pydensecrf(chelsea, norm):
+    # DenseCRF(..., device="cuda"): every term and normalization filtered on the GPU, custom
+    # features through addPairwiseEnergy, a matrix compatibility; numpy results as on the CPU.
+    image = np.ascontiguousarray(chelsea[50:200, 100:325])
+    h, w = image.shape[:2]
+    probs = image_probs(image, 5, seed=20 + norm)
+    scale = 1.0 if norm != 0 else 0.02
+    results = []
+    for module, utils, kw in ((fcrf, futils, {"device": "cuda"}), (fcrf, futils, {}), (pcrf, putils, {})):
+        d = module.DenseCRF2D(w, h, 5, **kw)
+        d.setUnaryEnergy(utils.unary_from_softmax(probs))
+        norm_t = module.NormalizationType(norm)
+        d.addPairwiseGaussian(sxy=(3, 2), compat=3 * scale, normalization=norm_t)
+        d.addPairwiseBilateral(sxy=40, srgb=(10, 12, 14), rgbim=image,
+                               compat=compat_for("matrix", 5, 5 * scale, 2), normalization=norm_t)
+        d.addPairwiseEnergy(utils.create_pairwise_gaussian(sdims=(20, 20), shape=(h, w)),
+                            compat=2 * scale, normalization=norm_t)
+        results.append(np.array(d.inference(8)))
+    gpu, cpu, ref = results
+    assert_agrees(gpu, ref)
+    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-4)
+
+
+@cuda
+def test_cuda_device_step_inference(chelsea):
+    image = np.ascontiguousarray(chelsea[::2, ::2])
+    probs = image_probs(image, 4, seed=4)
+    states = []
+    for kw in ({"device": "cuda"}, {}):
+        d = fcrf.DenseCRF2D(image.shape[1], image.shape[0], 4, **kw)
+        d.setUnaryEnergy(futils.unary_from_softmax(probs))
+        d.addPairwiseGaussian(sxy=3, compat=3)
+        d.addPairwiseBilateral(sxy=60, srgb=10, rgbim=image, compat=5)
+        q, tmp1, tmp2 = d.startInference()
+        kls = []
+        for _ in range(3):
+            kls.append(d.klDivergence(q))
+            d.stepInference(q, tmp1, tmp2)
+        states.append((np.array(q), kls))
+    (q_gpu, kls_gpu), (q_cpu, kls_cpu) = states
+    np.testing.assert_allclose(q_gpu, q_cpu, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(kls_gpu, kls_cpu, rtol=1e-4)
