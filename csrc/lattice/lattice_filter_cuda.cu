@@ -29,10 +29,11 @@ inline int blocks_for(int64_t n) {
 }
 
 // Entries a splat thread loads ahead of adding them. A vertex's entries form a chain of
-// dependent loads (entry -> point -> value); vertices of flat image regions have thousands of
-// entries, and one at a time the kernel's time was that longest chain's latency (0.66 ms per
-// splat for 21 labels on an H100). Batches keep kSplatBatch loads in flight; the additions
-// stay in entry order, so the sums are the same bits.
+// dependent loads (entry -> point -> value), and vertices of flat image regions have thousands
+// of entries (8271 on the astronaut's bilateral lattice): the kernel's time is that longest
+// chain's latency. Batches keep kSplatBatch loads in flight (H100, 21 labels: 0.66 -> 0.54 ms
+// per splat on average); the additions stay in entry order, so the sums are the same bits.
+// Splitting heavy vertices across threads is the next step (bench/README.md, "Dense CRF (GPU)").
 constexpr int kSplatBatch = 8;
 
 __device__ __forceinline__ float splat_value(const float* __restrict__ values, int64_t m, int64_t k,
