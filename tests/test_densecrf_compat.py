@@ -138,24 +138,27 @@ def test_add_pairwise_energy_with_custom_features(coffee, chdim):
     assert_agrees(*results)
 
 
+def stepped(module, utils, image, probs, steps, **kw):
+    """Q after `steps` calls of stepInference, the KL divergence before each, and the CRF."""
+    d = module.DenseCRF2D(image.shape[1], image.shape[0], probs.shape[0], **kw)
+    d.setUnaryEnergy(utils.unary_from_softmax(probs))
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    d.addPairwiseBilateral(sxy=60, srgb=10, rgbim=image, compat=5)
+    q, tmp1, tmp2 = d.startInference()
+    kls = []
+    for _ in range(steps):
+        kls.append(d.klDivergence(q))
+        d.stepInference(q, tmp1, tmp2)
+    return np.array(q), kls, d
+
+
 def test_step_inference_and_kl_divergence(chelsea):
     image = np.ascontiguousarray(chelsea[::2, ::2])
     probs = image_probs(image, 4, seed=4)
-    states = []
-    for module, utils in ((fcrf, futils), (pcrf, putils)):
-        d = module.DenseCRF2D(image.shape[1], image.shape[0], 4)
-        d.setUnaryEnergy(utils.unary_from_softmax(probs))
-        d.addPairwiseGaussian(sxy=3, compat=3)
-        d.addPairwiseBilateral(sxy=60, srgb=10, rgbim=image, compat=5)
-        q, tmp1, tmp2 = d.startInference()
-        kls = []
-        for _ in range(4):
-            kls.append(d.klDivergence(q))
-            d.stepInference(q, tmp1, tmp2)
-        states.append((np.array(q), kls, np.array(d.inference(4))))
-    (q, kls, q_inf), (q_ref, kls_ref, q_inf_ref) = states
+    q, kls, d = stepped(fcrf, futils, image, probs, 4)
+    q_ref, kls_ref, _ = stepped(pcrf, putils, image, probs, 4)
     assert_agrees(q, q_ref)
-    assert_agrees(q_inf, q_ref)  # four steps are four iterations
+    assert_agrees(np.array(d.inference(4)), q_ref)  # four steps are four iterations
     np.testing.assert_allclose(kls, kls_ref, rtol=1e-4)
     assert kls[-1] < kls[0]  # mean-field decreases the KL divergence
 
@@ -244,18 +247,7 @@ def test_cuda_device_matches_pydensecrf(chelsea, norm):
 def test_cuda_device_step_inference(chelsea):
     image = np.ascontiguousarray(chelsea[::2, ::2])
     probs = image_probs(image, 4, seed=4)
-    states = []
-    for kw in ({"device": "cuda"}, {}):
-        d = fcrf.DenseCRF2D(image.shape[1], image.shape[0], 4, **kw)
-        d.setUnaryEnergy(futils.unary_from_softmax(probs))
-        d.addPairwiseGaussian(sxy=3, compat=3)
-        d.addPairwiseBilateral(sxy=60, srgb=10, rgbim=image, compat=5)
-        q, tmp1, tmp2 = d.startInference()
-        kls = []
-        for _ in range(3):
-            kls.append(d.klDivergence(q))
-            d.stepInference(q, tmp1, tmp2)
-        states.append((np.array(q), kls))
-    (q_gpu, kls_gpu), (q_cpu, kls_cpu) = states
+    q_gpu, kls_gpu, _ = stepped(fcrf, futils, image, probs, 3, device="cuda")
+    q_cpu, kls_cpu, _ = stepped(fcrf, futils, image, probs, 3)
     np.testing.assert_allclose(q_gpu, q_cpu, rtol=0, atol=1e-4)
     np.testing.assert_allclose(kls_gpu, kls_cpu, rtol=1e-4)
