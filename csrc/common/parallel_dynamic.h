@@ -17,8 +17,11 @@
 namespace fastseg {
 
 // fn(begin, end) for consecutive chunks [begin, end) of [0, n), each at most `chunk` long.
-template <typename Fn>
-void parallel_for_dynamic(int64_t n, int64_t chunk, const Fn& fn) {
+// Each worker calls worker_done() once when no chunk is left for it, while others may still be
+// running theirs: work that can start as soon as a thread is free goes there (splat_and_blur's
+// shared blur passes).
+template <typename Fn, typename Done>
+void parallel_for_dynamic(int64_t n, int64_t chunk, const Fn& fn, const Done& worker_done) {
   if (n <= 0) return;
   const int64_t n_chunks = (n + chunk - 1) / chunk;
   std::atomic<int64_t> next{0};
@@ -27,7 +30,13 @@ void parallel_for_dynamic(int64_t n, int64_t chunk, const Fn& fn) {
     for (int64_t c = next.fetch_add(1); c < n_chunks; c = next.fetch_add(1)) {
       fn(c * chunk, std::min(n, (c + 1) * chunk));
     }
+    worker_done();
   });
+}
+
+template <typename Fn>
+void parallel_for_dynamic(int64_t n, int64_t chunk, const Fn& fn) {
+  parallel_for_dynamic(n, chunk, fn, [] {});
 }
 
 }  // namespace fastseg

@@ -951,16 +951,19 @@ void splat_and_blur(const LatticeView* const* lats, int n_terms, const float* va
     }
     early_passes.reset(new SharedPasses(lat, reverse, bufs[early], b, s));
   }
-  // Terms are handed out one at a time (more terms than threads: whoever is free next).
-  std::atomic<int> next_term{0};
-  const int64_t n_workers = std::min<int64_t>(at::get_num_threads(), n_terms);
-  at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
-    for (int t = next_term.fetch_add(1); t < n_terms; t = next_term.fetch_add(1)) {
-      splat_term(*lats[t], swept[t] ? &plans[t] : nullptr, values, s, bufs[t], reverse);
-      if (t == early) early_passes->mark_ready();
-    }
-    if (early_passes) early_passes->help();
-  });
+  // Terms are handed out one at a time (more terms than threads: whoever is free next); a
+  // thread with no term left helps with the early term's passes.
+  parallel_for_dynamic(
+      n_terms, 1,
+      [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          splat_term(*lats[t], swept[t] ? &plans[t] : nullptr, values, s, bufs[t], reverse);
+          if (t == early) early_passes->mark_ready();
+        }
+      },
+      [&] {
+        if (early_passes) early_passes->help();
+      });
   for (int t = 0; t < n_terms; ++t) {
     if (swept[t]) continue;
     float* result =
