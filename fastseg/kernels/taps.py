@@ -178,19 +178,18 @@ def _transposed(table: TapTable) -> TapTable:
     return TapTable(tuple(taps), table.branches, (gh, gw), (h, w), (1, 1))
 
 
-# Axis order of a branch's weights (Cout, Cin, kh, kw) with the tap matrix's rows and columns in
-# the layout's order: (kh, kw, Cout, Cin) for "oi", (kh, kw, Cin, Cout) for "io".
-_TAP_MAJOR = {"oi": (2, 3, 0, 1), "io": (2, 3, 1, 0)}
-# The axis order pack_tap_weights copies the branches into, and how it selects tap matrices
-# from the stacked copy. "oi" keeps Cout outermost, (Cout, kh, kw, Cin): the copy then reads
-# each output channel's weights once (ATen's CPU copy iterates the output's outer axes first;
-# a (kh, kw, ...) outer order re-reads the whole weight per kernel position, 3x slower here).
-_BANK = {"oi": ((0, 2, 3, 1), lambda bank, b, ky, kx: bank[b, :, ky, kx]),
-         "io": ((2, 3, 1, 0), lambda bank, b, ky, kx: bank[b, ky, kx])}
+# Per layout: the axis order a branch's weights (Cout, Cin, kh, kw) take in the stacked bank of
+# pack_tap_weights / unpack_tap_grads, and the index of the tap matrices of kernel positions
+# (b, ky, kx) in that bank (ints or index tensors; the matrix's rows and columns in the
+# layout's order). "oi" keeps Cout outermost, (Cout, kh, kw, Cin): the copy then reads each
+# output channel's weights once (ATen's CPU copy iterates the output's outer axes first; a
+# (kh, kw, ...) outer order re-reads the whole weight per kernel position, 3x slower here).
+_BANK = {"oi": ((0, 2, 3, 1), lambda b, ky, kx: (b, slice(None), ky, kx)),
+         "io": ((2, 3, 1, 0), lambda b, ky, kx: (b, ky, kx))}
 
 
 def _check_layout(layout: str, shapes: Sequence[Sequence[int]]) -> None:
-    if layout not in _TAP_MAJOR:
+    if layout not in _BANK:
         raise ValueError(f"layout must be 'oi' or 'io', not {layout!r}")
     if any(tuple(s) != tuple(shapes[0]) for s in shapes):
         raise ValueError(f"all branch weights must have the same shape, got {[tuple(s) for s in shapes]}")
@@ -210,17 +209,17 @@ def pack_tap_weights(weights: Sequence[torch.Tensor], table: TapTable, layout: s
     and this runs on every call.
     """
     _check_layout(layout, [w.shape for w in weights])
-    perm, select = _BANK[layout]
+    perm, at = _BANK[layout]
     cout, cin = weights[0].shape[:2]
     if not table.taps:  # every tap dead
         return weights[0].new_zeros((0, cout, cin) if layout == "oi" else (0, cin, cout))
     bank = torch.stack([w.permute(*perm) for w in weights])
-    packed = select(bank, *table.source_index(bank.device))
+    packed = bank[at(*table.source_index(bank.device))]
     for i, tap in enumerate(table.taps):
         if len(tap.sources) > 1:  # merged taps (the shared ASPP centre): sum, in float32 at least
-            acc = select(bank, *tap.sources[0]).to(torch.promote_types(packed.dtype, torch.float32))
+            acc = bank[at(*tap.sources[0])].to(torch.promote_types(packed.dtype, torch.float32))
             for src in tap.sources[1:]:
-                acc = acc + select(bank, *src)
+                acc = acc + bank[at(*src)]
             packed[i] = acc
     return packed
 
@@ -234,16 +233,17 @@ def unpack_tap_grads(tap_grads: torch.Tensor, table: TapTable, weight_shapes: Se
     source of at most one tap, so the scatter has no duplicate destinations and is exact).
     """
     _check_layout(layout, weight_shapes)
-    cout, cin, kh, kw = weight_shapes[0]
-    bank = tap_grads.new_zeros((len(weight_shapes), kh, kw) + ((cout, cin) if layout == "oi" else (cin, cout)))
+    perm, at = _BANK[layout]
+    shape = weight_shapes[0]
+    bank = tap_grads.new_zeros((len(weight_shapes),) + tuple(shape[axis] for axis in perm))
     if table.taps:
         def make():
             pairs = [(i, src) for i, tap in enumerate(table.taps) for src in tap.sources]
             index = torch.tensor([[i, *src] for i, src in pairs], dtype=torch.int64)
             return tuple(index.to(tap_grads.device).unbind(1))
         tap_of, b, ky, kx = table.derived(("all_sources", tap_grads.device), make)
-        bank[b, ky, kx] = tap_grads[tap_of]
-    inverse = [_TAP_MAJOR[layout].index(axis) for axis in range(4)]
+        bank[at(b, ky, kx)] = tap_grads[tap_of]
+    inverse = [perm.index(axis) for axis in range(4)]
     return [g.permute(*inverse).contiguous() for g in bank.unbind(0)]
 
 
