@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 import fastseg
-from fastseg.kernels.taps import aspp_tap_table, conv_tap_table
+from fastseg.kernels import tap_conv_launch
+from fastseg.kernels.taps import aspp_tap_table, conv_tap_table, pack_tap_weights
 from fastseg.reference import aspp_reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -57,8 +58,6 @@ def _timed(benchmark, fn):
 
 def _kernel_only(x, weights, table, **epilogue):
     """The Triton launch alone: weights packed and input made NHWC beforehand."""
-    from fastseg.kernels import tap_conv_launch
-    from fastseg.kernels.taps import pack_tap_weights
     x_nhwc = x.contiguous(memory_format=torch.channels_last)
     packed = pack_tap_weights(weights, table, "io")
     return lambda: tap_conv_launch.conv_forward(x_nhwc, packed, table, **epilogue)
