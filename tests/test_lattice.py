@@ -138,16 +138,28 @@ def renumber_vertices(lat, order):
                    lat.splat_points[src], lat.splat_weights[src], lat.keys[order])
 
 
+def swapped_pair_order(lat, after_entry):
+    """Vertex numbers 0..V-1 with k and k+1 exchanged, k the first vertex met after entry
+    `after_entry`: the numbering by first use broken at a single entry."""
+    k = int(lat.vertices.flatten()[:after_entry].max()) + 1
+    assert k + 1 < lat.n_vertices
+    order = torch.arange(lat.n_vertices)
+    order[k], order[k + 1] = k + 1, k
+    return order
+
+
 @pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("numbering", ["random", "one_pair_swapped"])
 def test_filter_and_mean_field_do_not_depend_on_vertex_numbering(chelsea, restore_threads,
-                                                                  n_threads):
+                                                                  n_threads, numbering):
     # Vertex numbers are only names: any numbering filters to the same values. (The scatter
     # splat skips zeroing for lattices numbered by first use, the build's numbering; others
-    # must take the general path.)
+    # must take the general path, including one whose numbering breaks at a single entry.)
     torch.set_num_threads(n_threads)
     lat = build_lattice(photo_features(chelsea[::3, ::3].copy(), "bilateral"))
-    shuffled = renumber_vertices(lat, torch.randperm(lat.n_vertices,
-                                                     generator=torch.Generator().manual_seed(0)))
+    order = (torch.randperm(lat.n_vertices, generator=torch.Generator().manual_seed(0))
+             if numbering == "random" else swapped_pair_order(lat, lat.vertices.numel() // 2))
+    shuffled = renumber_vertices(lat, order)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(lat.n_points, 21, generator=g)
     s = torch.rand(lat.n_points, generator=g) + 0.5
