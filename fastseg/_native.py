@@ -10,6 +10,10 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
         f"after installing torch. Original error: {exc}"
     ) from exc
 
+from fastseg import _fork_safety  # noqa: E402
+
+_fork_safety.install()
+
 
 def has_kernel(op: str, device_type: str) -> bool:
     """Whether ``torch.ops.fastseg.<op>`` has a kernel for ``device_type`` ("cpu", "cuda")."""
