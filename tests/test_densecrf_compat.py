@@ -215,6 +215,35 @@ def test_utils_match_pydensecrf(chelsea):
                                   putils.create_pairwise_bilateral((3, 4), 5, img[..., 0]))
 
 
+
+def test_schan_shorter_than_the_channels_scales_those_it_has(chelsea):
+    # pydensecrf divides only the channels schan lists (Keras' pp_denseCRF passes (0.005,)
+    # with RGB images): the same features here, with a warning.
+    img = chelsea[:30, :40]
+    with pytest.warns(UserWarning, match="channels 1 and up are not scaled"):
+        got = futils.create_pairwise_bilateral((20, 20), (0.005,), img, chdim=2)
+    np.testing.assert_array_equal(
+        got, putils.create_pairwise_bilateral((20, 20), (0.005,), img, chdim=2))
+    with pytest.raises(ValueError, match="schan has 4 values but img has 3 channels"):
+        futils.create_pairwise_bilateral((20, 20), (1, 2, 3, 4), img, chdim=2)
+
+
+def test_zero_dimensional_compat_is_a_potts_weight(chelsea):
+    image = np.ascontiguousarray(chelsea[:30, :40])
+    probs = image_probs(image, 4, seed=2)
+
+    def run(compat):
+        d = fcrf.DenseCRF2D(40, 30, 4)
+        d.setUnaryEnergy(futils.unary_from_softmax(probs))
+        d.addPairwiseBilateral(sxy=20, srgb=10, rgbim=image, compat=compat)
+        return np.array(d.inference(3))
+
+    want = run(5.0)
+    assert np.array_equal(run(np.array(5.0, np.float32)), want)
+    assert np.array_equal(run(np.float64(5.0)), want)
+    assert np.array_equal(run(torch.tensor(5.0)), want)
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

@@ -33,10 +33,40 @@ def test_unary_shape_dtype_and_values():
         d.setUnaryEnergy(np.full((3, 20), np.nan, np.float32))
     with pytest.raises(ValueError, match="unary contains NaN or Inf"):
         d.setUnaryEnergy(np.full((3, 20), np.inf, np.float32))
+    with pytest.raises(ValueError, match=r"\(1 NaN, 2 -inf of 60 values\)$"):
+        d.setUnaryEnergy(np.array([np.nan, -np.inf, -np.inf] + [1.0] * 57, np.float32).reshape(3, 20))
     with pytest.raises(TypeError, match="unary"):
         d.setUnaryEnergy(np.array([["a"] * 20] * 3))
     with pytest.raises(NotImplementedError, match="logistic"):
         d.setUnaryEnergy(np.ones((3, 20), np.float32), np.ones((2, 20), np.float32))
+
+
+def test_plus_inf_unary_from_a_zero_probability_says_to_clip():
+    # -log(0): pydensecrf reads it as "label ruled out"; fastseg wants finite energies and
+    # says how to get them.
+    probs = np.array([[0.0, 0.3], [1.0, 0.7]], np.float32)
+    d = dcrf.DenseCRF2D(2, 1, 2)
+    with pytest.raises(ValueError, match=r"unary contains NaN or Inf \(1 \+inf of 4 values\)"
+                                         r": .*clip the probabilities"):
+        with np.errstate(divide="ignore"):
+            d.setUnaryEnergy(-np.log(probs))
+    d.setUnaryEnergy(utils.unary_from_softmax(probs))  # clipped at 1e-5: accepted
+    assert np.isfinite(d.inference(3)).all()
+
+
+def test_whole_float_sizes_and_iterations_are_accepted_others_refused():
+    # pydensecrf truncated any float; sizes computed with / are whole floats.
+    d = dcrf.DenseCRF2D(10 / 2, 8 / 2, 3.0)
+    d.setUnaryEnergy(np.ones((3, 20), np.float32))
+    assert np.array_equal(d.inference(2.0), crf(5, 4, 3).inference(2))
+    for bad in (5.5, float("inf"), float("nan")):
+        with pytest.raises(TypeError, match="width must be a whole number"):
+            dcrf.DenseCRF2D(bad, 4, 3)
+    with pytest.raises(TypeError, match="niter must be a whole number"):
+        crf().inference(2.5)
+    with pytest.raises(TypeError, match="iterations must be an int"):  # torch-native: ints
+        fastseg.dense_crf(torch.ones(2, 4, 5) / 2, torch.zeros(4, 5, 3, dtype=torch.uint8),
+                          iterations=2.0)
 
 
 def test_image_size_and_dtype():
@@ -45,6 +75,8 @@ def test_image_size_and_dtype():
         d.addPairwiseBilateral(sxy=3, srgb=3, rgbim=np.zeros((5, 4, 3), np.uint8), compat=3)
     with pytest.raises(TypeError, match="rgbim must be a uint8"):
         d.addPairwiseBilateral(sxy=3, srgb=3, rgbim=np.zeros((4, 5, 3), np.float32), compat=3)
+    with pytest.raises(ValueError, match="rgbim must be a uint8"):  # pydensecrf's type, too
+        d.addPairwiseBilateral(sxy=3, srgb=3, rgbim=np.zeros((4, 5, 3), np.uint16), compat=3)
     with pytest.raises(ValueError, match="3-channel"):
         d.addPairwiseBilateral(sxy=3, srgb=3, rgbim=np.zeros((4, 5, 4), np.uint8), compat=3)
 
@@ -97,7 +129,7 @@ def test_iterations_and_q():
     with pytest.raises(ValueError, match="niter must be >= 0"):
         d.inference(-1)
     with pytest.raises(TypeError, match="niter must be an int"):
-        d.inference(2.5)
+        d.inference("2")
     with pytest.raises(ValueError, match=r"Q must have shape \(3, 20\)"):
         d.stepInference(np.ones((3, 19), np.float32))
     with pytest.raises(TypeError, match="Q must be the array returned by startInference"):

@@ -13,20 +13,37 @@ MAX_FEATURE_DIM = 16
 MAX_ELEVATED = float(2**30)
 
 
-def positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+class DtypeError(TypeError, ValueError):
+    """A wrong dtype where pydensecrf raised ValueError: a TypeError that code written against
+    pydensecrf, catching ValueError, still catches."""
+
+
+def _int_value(value, name: str, integral_float: bool) -> int:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if integral_float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        # pydensecrf truncated any float (a size computed as w / 1 is 512.0): whole ones mean
+        # what they say, others are refused rather than silently truncated.
+        if math.isfinite(value) and float(value).is_integer():
+            return int(value)
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
+    raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+
+
+def positive_int(value, name: str, integral_float: bool = False) -> int:
+    """``value`` as an int > 0; ``integral_float`` also accepts whole floats (512.0)."""
+    value = _int_value(value, name, integral_float)
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
-    return int(value)
+    return value
 
 
-def non_negative_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+def non_negative_int(value, name: str, integral_float: bool = False) -> int:
+    """``value`` as an int >= 0; ``integral_float`` also accepts whole floats."""
+    value = _int_value(value, name, integral_float)
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
-    return int(value)
+    return value
 
 
 def positive_float(value, name: str) -> float:
@@ -68,14 +85,17 @@ def as_float32_tensor(value, name: str, device=None) -> torch.Tensor:
         arr = np.asarray(value)
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        # (ascontiguousarray makes a 0-d array 1-d: the reshape keeps a scalar a scalar.)
+        t = torch.from_numpy(np.ascontiguousarray(arr).reshape(arr.shape))
     if t.is_complex():
         raise TypeError(f"{name} must be real, got {t.dtype}")
     t = t.to(device=device if device is not None else t.device, dtype=torch.float32)
     return t
 
 
-def all_finite(t: torch.Tensor, name: str) -> None:
+def all_finite(t: torch.Tensor, name: str, plus_inf_hint: str = "") -> None:
+    """ValueError naming ``name`` if ``t`` holds NaN or an infinity, saying how many of each;
+    ``plus_inf_hint`` is appended when the only non-finite values are +inf."""
     # The largest and smallest values are both finite exactly when every value is (NaN
     # propagates through amax/amin): two reductions without a temporary cost a tenth of
     # isfinite(t).all() on a large unary.
@@ -83,7 +103,11 @@ def all_finite(t: torch.Tensor, name: str) -> None:
         if t.is_complex():
             t = torch.view_as_real(t)
         if not bool(torch.isfinite(t.amax()) & torch.isfinite(t.amin())):
-            raise ValueError(f"{name} contains NaN or Inf")
+            counts = {"NaN": int(torch.isnan(t).sum()), "+inf": int((t == math.inf).sum()),
+                      "-inf": int((t == -math.inf).sum())}
+            found = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+            hint = plus_inf_hint if counts["+inf"] and not counts["NaN"] + counts["-inf"] else ""
+            raise ValueError(f"{name} contains NaN or Inf ({found} of {t.numel()} values){hint}")
 
 
 def elevated_bound(features: torch.Tensor, max_abs=None) -> float:

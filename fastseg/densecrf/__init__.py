@@ -4,11 +4,16 @@ Change ``import pydensecrf.densecrf as dcrf`` to ``import fastseg.densecrf as dc
 ``pydensecrf.utils`` to ``fastseg.densecrf.utils``): the classes, methods, argument orders,
 defaults and constants are pydensecrf's, and so are the results (to float rounding).
 
-Differences, all in the direction of accepting more:
+Differences:
 
 * inputs may be numpy arrays of any real dtype, non-contiguous arrays or torch tensors (they
-  are converted to float32; pydensecrf rejects anything but C-contiguous float32);
-* bad input raises ``ValueError``/``TypeError`` naming the argument instead of crashing;
+  are converted to float32; pydensecrf rejects anything but C-contiguous float32), and sizes
+  and iteration counts may be whole floats (``w / 1``; pydensecrf truncated any float);
+* bad input raises ``ValueError``/``TypeError`` naming the argument instead of crashing (a
+  wrong ``rgbim`` dtype raises an error that is both, as pydensecrf raised ``ValueError``);
+* unary energies must be finite: pydensecrf reads +inf (``-log(0)``) as "probability 0",
+  fastseg raises ``ValueError`` saying to clip the probabilities first;
+* features have at most 16 dimensions (pydensecrf has no limit);
 * lattice keys are 32-bit, so large images with small standard deviations work;
 * ``DenseCRF(..., device="cuda")`` runs the filtering on a GPU (results come back as numpy);
 * ``inference``, ``startInference`` return numpy arrays (pydensecrf returns its own matrix
@@ -46,6 +51,15 @@ __all__ = [
 ]
 
 
+# pydensecrf happens to read an energy of +inf as "probability 0"; fastseg refuses non-finite
+# energies (NaN and -inf make garbage, and +inf everywhere in a column would too) and says how
+# to get the same result.
+_PLUS_INF_UNARY_HINT = (
+    ": energies must be finite. An energy of +inf is -log(0), a probability of 0, which "
+    "pydensecrf reads as 'label ruled out'; clip the probabilities before taking -log "
+    "(utils.unary_from_softmax clips them at 1e-5 by default) or use a large finite energy")
+
+
 class Unary:
     """Base of pydensecrf's unary-energy objects (for ``DenseCRF.setUnary``)."""
 
@@ -77,8 +91,8 @@ class DenseCRF:
     """
 
     def __init__(self, nvar, nlabels, *, device=None):
-        self._nvar = checks.positive_int(nvar, "nvar")
-        self._nlabel = checks.positive_int(nlabels, "nlabels")
+        self._nvar = checks.positive_int(nvar, "nvar", integral_float=True)
+        self._nlabel = checks.positive_int(nlabels, "nlabels", integral_float=True)
         self._device = torch.device(device) if device is not None else torch.device("cpu")
         self._unary: Optional[torch.Tensor] = None  # (N, M) energies: a view of a label-major copy
         self._terms: List[PairwiseTerm] = []
@@ -96,7 +110,7 @@ class DenseCRF:
             raise ValueError(
                 f"unary must have shape (n_labels, n_points) = ({self._nlabel}, {self._nvar}), "
                 f"got {tuple(t.shape)}")
-        checks.all_finite(t, "unary")
+        checks.all_finite(t, "unary", _PLUS_INF_UNARY_HINT)
         # A copy (the caller may reuse its array, as pydensecrf allows), kept label-major: the
         # mean-field operator reads it through the transposed (n_points, n_labels) view.
         self._unary = t.clone(memory_format=torch.contiguous_format).T
@@ -132,7 +146,7 @@ class DenseCRF:
 
     def inference(self, niter):
         """Runs ``niter`` mean-field iterations; returns Q, float32 (n_labels, n_points)."""
-        niter = checks.non_negative_int(niter, "niter")
+        niter = checks.non_negative_int(niter, "niter", integral_float=True)
         with torch.no_grad():
             q = infer(self._unary_or_zero(), self._terms, niter)
         return _to_numpy(q)
@@ -185,8 +199,8 @@ class DenseCRF2D(DenseCRF):
     """A dense CRF over a ``width`` x ``height`` image (note pydensecrf's argument order)."""
 
     def __init__(self, width, height, nlabels, *, device=None):
-        self._w = checks.positive_int(width, "width")
-        self._h = checks.positive_int(height, "height")
+        self._w = checks.positive_int(width, "width", integral_float=True)
+        self._h = checks.positive_int(height, "height", integral_float=True)
         super().__init__(self._w * self._h, nlabels, device=device)
 
     def addPairwiseGaussian(self, sxy, compat, kernel=DIAG_KERNEL,
@@ -217,11 +231,11 @@ def _uint8_image(rgbim, height: int, width: int, device) -> torch.Tensor:
         t = rgbim.detach()
     else:
         arr = np.asarray(rgbim)
-        if arr.dtype != np.uint8:
-            raise TypeError(f"rgbim must be a uint8 image, got dtype {arr.dtype}")
+        if arr.dtype != np.uint8:  # pydensecrf raised ValueError ("Buffer dtype mismatch")
+            raise checks.DtypeError(f"rgbim must be a uint8 image, got dtype {arr.dtype}")
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.dtype != torch.uint8:
-        raise TypeError(f"rgbim must be a uint8 image, got {t.dtype}")
+        raise checks.DtypeError(f"rgbim must be a uint8 image, got {t.dtype}")
     if t.dim() != 3 or tuple(t.shape[:2]) != (height, width):
         raise ValueError(f"rgbim must have shape ({height}, {width}, 3), got {tuple(t.shape)}")
     if t.shape[2] != 3:

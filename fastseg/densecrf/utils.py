@@ -98,8 +98,14 @@ def create_pairwise_bilateral(sdims, schan, img, chdim=-1):
         feat /= np.float32(_stds([schan], "schan")[0])
     else:
         schan = _stds(schan, "schan")
-        if len(schan) != feat.shape[0]:
+        if len(schan) > feat.shape[0]:
             raise ValueError(f"schan has {len(schan)} values but img has {feat.shape[0]} channels")
+        if len(schan) < feat.shape[0]:
+            # pydensecrf divides the channels it has a value for and leaves the rest as they
+            # are; scripts rely on it (Keras pp_denseCRF passes schan=(0.005,) with RGB), so
+            # the features are the same here, with a warning.
+            warnings.warn(f"schan has {len(schan)} values for {feat.shape[0]} channels: as in "
+                          f"pydensecrf, channels {len(schan)} and up are not scaled", UserWarning, 2)
         for i, s in enumerate(schan):
             feat[i] /= np.float32(s)
     spatial = feat.shape[1:]
