@@ -21,7 +21,8 @@ import os
 
 import torch
 
-_parent_thread_count = 1
+_installed = False
+_parent_thread_count = 1  # threads of the parent at its latest fork (set just before it)
 
 
 def _thread_count() -> int:
@@ -54,6 +55,3 @@ def install() -> None:
         return
     os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
     _installed = True
-
-
-_installed = False
