@@ -5,6 +5,7 @@ here with a ValueError (bad value or shape) or TypeError (wrong kind of object).
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -44,19 +45,33 @@ def channel_vector(name: str, t: Optional[torch.Tensor], channels: int) -> None:
                          f"got {tuple(t.shape)}")
 
 
+def _is_int(v) -> bool:
+    """Python and numpy integers (as nn.Conv2d takes them), not bools."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def int_pair(name: str, value, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= minimum, as a pair."""
-    items = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    items = (value, value) if _is_int(value) else value
     try:
         items = tuple(items)
     except TypeError:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
-    if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+    if len(items) != 2 or not all(_is_int(v) for v in items):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    items = tuple(int(v) for v in items)
     if any(v < minimum for v in items):
         kind = "positive" if minimum == 1 else f">= {minimum}"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
     return items
+
+
+def positive_int(name: str, value) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return int(value)
 
 
 def positive_int_list(name: str, values) -> list[int]:
@@ -65,11 +80,20 @@ def positive_int_list(name: str, values) -> list[int]:
     except TypeError:
         raise TypeError(f"{name} must be a sequence of ints, got {values!r}") from None
     for v in items:
-        if not isinstance(v, int) or isinstance(v, bool):
+        if not _is_int(v):
             raise TypeError(f"{name} must contain ints, got {v!r}")
         if v < 1:
             raise ValueError(f"{name} must be positive, got {v!r} in {items}")
-    return items
+    return [int(v) for v in items]
+
+
+def autocast_dtype(t: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype torch.autocast has convolutions compute in on ``t``'s device, or None outside
+    autocast (or for float64, which autocast leaves alone)."""
+    device_type = t.device.type
+    if t.dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 def tensor_list(name: str, values, ndim: int) -> list[torch.Tensor]:

@@ -52,6 +52,8 @@ def atrous_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         scale, shift: (Cout,) or None; applied as y * scale + shift after the bias.
         residual: a tensor of the output's shape added after scale/shift, or None.
         relu: apply ReLU last.
+
+    Under torch.autocast every tensor argument is cast to autocast's dtype, as for nn.Conv2d.
     """
     _checks.tensor("input", input)
     if input.dim() not in (3, 4):
@@ -85,6 +87,10 @@ def atrous_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         if tuple(res.shape) != expected:
             raise ValueError(f"residual must have the output's shape {expected[1:] if unbatched else expected}, "
                              f"got {tuple(residual.shape)}")
+    cast = _checks.autocast_dtype(x)
+    if cast is not None:  # torch.autocast: nn.Conv2d's dtype rule for every tensor argument
+        x, weight, bias, scale, shift, res = (
+            t.to(cast) if t is not None else None for t in (x, weight, bias, scale, shift, res))
     _checks.same_device_dtype("input", x, weight=weight, bias=bias, scale=scale, shift=shift, residual=res)
     y = torch.ops.fastseg.atrous_conv2d(x, weight, bias, list(stride), list(padding), list(dilation),
                                         scale, shift, res, relu)
@@ -92,7 +98,9 @@ def atrous_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
 
 
 def batchnorm_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) with bn(y) == y * scale + shift for a batch norm in eval mode (running stats)."""
+    """(scale, shift) with bn(y) == y * scale + shift for a batch norm in eval mode: the running
+    statistics are folded in whatever ``bn.training`` says (a batch norm in training mode
+    normalises by each batch's statistics instead, which no fixed scale and shift can do)."""
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
         raise TypeError(f"bn must be a batch-norm module, got {type(bn).__name__}")
     if bn.running_mean is None or bn.running_var is None:
@@ -108,14 +116,26 @@ def batchnorm_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tenso
 class AtrousConv2d(nn.Conv2d):
     """nn.Conv2d (groups=1, zero padding) computed by fastseg.atrous_conv2d.
 
-    Same parameters and state_dict as nn.Conv2d, so checkpoints load unchanged. forward()
-    accepts the optional epilogue arguments of atrous_conv2d.
+    Same constructor signature, parameters and state_dict as nn.Conv2d, so it replaces one
+    unchanged and checkpoints load unchanged; grouped convolutions and padding modes other
+    than "zeros" raise NotImplementedError. forward() accepts the optional epilogue arguments
+    of atrous_conv2d.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, bias: bool = True, device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups=1,
-                         bias=bias, padding_mode="zeros", device=device, dtype=dtype)
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups=groups, bias=bias, padding_mode=padding_mode, device=device,
+                         dtype=dtype)
+        if self.groups != 1:
+            raise NotImplementedError(
+                f"AtrousConv2d supports groups=1 only, got groups={groups}; use nn.Conv2d for "
+                f"grouped convolutions")
+        if self.padding_mode != "zeros":
+            raise NotImplementedError(
+                f"AtrousConv2d supports padding_mode='zeros' only, got {padding_mode!r}; use "
+                f"nn.Conv2d for other padding modes")
 
     def forward(self, input, *, scale=None, shift=None, residual=None, relu: bool = False):
         padding = self.padding if isinstance(self.padding, str) else tuple(self.padding)

@@ -24,14 +24,20 @@ def aspp(input: torch.Tensor, weights: Sequence[torch.Tensor], biases: Optional[
     """sum_i conv2d(input, weights[i], biases[i], padding=rates[i], dilation=rates[i]), fused.
 
     Args:
-        input: (N, Cin, H, W), any memory layout.
+        input: (N, Cin, H, W) or unbatched (Cin, H, W), any memory layout.
         weights: one (Cout, Cin, 3, 3) tensor per rate.
         biases: one (Cout,) tensor per rate, or None for no bias.
         rates: the dilation (= padding) of each branch, positive ints.
     Returns:
-        (N, Cout, H, W), NCHW-contiguous.
+        (N, Cout, H, W) (or (Cout, H, W)), NCHW-contiguous. Under torch.autocast the branches
+        run in autocast's dtype, as nn.Conv2d's would.
     """
-    _checks.tensor("input", input, 4)
+    _checks.tensor("input", input)
+    if input.dim() == 3:  # unbatched, as nn.Conv2d accepts
+        return aspp(input.unsqueeze(0), weights, biases, rates).squeeze(0)
+    if input.dim() != 4:
+        raise ValueError(f"input must have 4 dimensions (N, C, H, W) or 3 (C, H, W), got shape "
+                         f"{tuple(input.shape)}")
     _checks.floating("input", input)
     weights = _checks.tensor_list("weights", weights, 4)
     rates = _checks.positive_int_list("rates", rates)
@@ -57,6 +63,11 @@ def aspp(input: torch.Tensor, weights: Sequence[torch.Tensor], biases: Optional[
             raise ValueError(f"biases has {len(biases)} entries but weights has {len(weights)}")
         for i, b in enumerate(biases):
             _checks.channel_vector(f"biases[{i}]", b, cout)
+    cast = _checks.autocast_dtype(input)
+    if cast is not None:
+        input = input.to(cast)
+        weights = [w.to(cast) for w in weights]
+        biases = [b.to(cast) for b in biases]
     tensors = {f"weights[{i}]": w for i, w in enumerate(weights)}
     tensors.update({f"biases[{i}]": b for i, b in enumerate(biases)})
     _checks.same_device_dtype("input", input, **tensors)
@@ -68,23 +79,40 @@ class ASPP(nn.Module):
     dilation=r, bias=True), so state_dict keys and shapes are those of DeepLab-v2 checkpoints
     (aspp.c0.weight, aspp.c0.bias, ...); the branches run fused through fastseg.aspp.
 
-    Initialisation as DeepLab-v2: weights N(0, 0.01), biases 0.
+    Initialisation as DeepLab-v2: weights N(0, 0.01), biases 0. The rates are read from the
+    children at every call, so a branch whose dilation is changed later runs with the new
+    one; a branch that is no longer an ASPP branch (padding != dilation, ...) is an error.
     """
 
     def __init__(self, in_channels: int, out_channels: int, rates: Sequence[int] = DEEPLAB_V2_RATES):
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        self.rates = tuple(_checks.positive_int_list("rates", rates))
-        if not self.rates:
+        in_channels = _checks.positive_int("in_channels", in_channels)
+        out_channels = _checks.positive_int("out_channels", out_channels)
+        rates = _checks.positive_int_list("rates", rates)
+        if not rates:
             raise ValueError("rates must hold at least one rate")
-        for i, rate in enumerate(self.rates):
+        for i, rate in enumerate(rates):
             self.add_module(f"c{i}", nn.Conv2d(in_channels, out_channels, 3, 1, padding=rate,
                                                dilation=rate, bias=True))
         for m in self.children():
             nn.init.normal_(m.weight, mean=0, std=0.01)
             nn.init.constant_(m.bias, 0)
+
+    @property
+    def rates(self) -> tuple:
+        rates = []
+        for name, c in self.named_children():
+            rate = c.dilation[0]
+            if (c.kernel_size != (3, 3) or c.stride != (1, 1) or c.groups != 1
+                    or c.padding_mode != "zeros" or c.dilation != (rate, rate)
+                    or c.padding != (rate, rate)):
+                raise ValueError(
+                    f"ASPP.{name} is not an ASPP branch: it needs a 3x3 kernel, stride 1, one "
+                    f"group, zero padding and padding = dilation, got kernel_size="
+                    f"{c.kernel_size}, stride={c.stride}, groups={c.groups}, padding_mode="
+                    f"{c.padding_mode!r}, padding={c.padding}, dilation={c.dilation}")
+            rates.append(rate)
+        return tuple(rates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         convs = list(self.children())

@@ -103,6 +103,57 @@ def test_module_matches_reference_module():
         assert_close_to_scale(ours(x), reference(x))
 
 
+def test_unbatched_input_as_conv2d():
+    ours = fastseg.ASPP(8, 3)
+    x = _features((1, 8, 13, 11), seed=3)
+    with torch.no_grad():
+        assert torch.equal(ours(x[0]), ours(x)[0])
+
+
+def test_autocast_computes_in_autocasts_dtype_like_conv2d():
+    # A backbone under torch.autocast hands the head bfloat16 features; nn.Conv2d branches
+    # cast their float32 weights, and so does fastseg.ASPP.
+    torch.manual_seed(0)
+    reference = ReferenceASPP(16, 5)
+    ours = fastseg.ASPP(16, 5)
+    ours.load_state_dict(reference.state_dict())
+    x = _features((2, 16, 19, 17), seed=4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = reference(x)
+        for inp in (x, x.bfloat16()):
+            got = ours(inp)
+            assert got.dtype == want.dtype == torch.bfloat16
+            assert_close_to_scale(got.float(), want.float(), rel=2e-2)
+        assert fastseg.aspp(x.double(), [w.double() for w in _branches(16, 5, 4)[0]], None,
+                            RATES).dtype == torch.float64  # autocast leaves float64 alone
+
+
+def test_numpy_integers_as_nn_conv2d_takes_them():
+    np = pytest.importorskip("numpy")
+    ours = fastseg.ASPP(np.int64(8), np.int64(3), np.array([6, 12]))
+    assert ours.rates == (6, 12) and all(type(r) is int for r in ours.rates)
+    x = _features((1, 8, 9, 9))
+    w, b = _branches(8, 3, 2)
+    torch.testing.assert_close(fastseg.aspp(x, w, b, np.array([6, 12])),
+                               fastseg.aspp(x, w, b, [6, 12]))
+
+
+def test_rates_follow_the_children():
+    # A branch re-dilated after construction runs with its new rate (nn.Conv2d children are
+    # the state); one that is no longer an ASPP branch is an error, not silently ignored.
+    torch.manual_seed(0)
+    ours = fastseg.ASPP(8, 3)
+    ours.c1.dilation = ours.c1.padding = (3, 3)
+    assert ours.rates == (6, 3, 18, 24)
+    x = _features((1, 8, 21, 21), seed=5)
+    convs = list(ours.children())
+    with torch.no_grad():
+        assert_close_to_scale(ours(x), sum(c(x) for c in convs))
+    ours.c2.padding = (5, 5)
+    with pytest.raises(ValueError, match=r"ASPP.c2 is not an ASPP branch.*padding=\(5, 5\)"):
+        ours(x)
+
+
 def test_module_initialisation_is_deeplab_v2():
     torch.manual_seed(0)
     m = fastseg.ASPP(512, 64)
@@ -173,7 +224,7 @@ def _valid():
 
 
 @pytest.mark.parametrize("mutate,error,match", [
-    (lambda x, w, b, r: (x[0], w, b, r), ValueError, "input must have 4 dimensions"),
+    (lambda x, w, b, r: (x[0, 0], w, b, r), ValueError, "input must have 4 dimensions"),
     (lambda x, w, b, r: (x.numpy(), w, b, r), TypeError, "input must be a torch.Tensor"),
     (lambda x, w, b, r: (x.long(), w, b, r), TypeError, "input must be a floating-point"),
     (lambda x, w, b, r: (x, w[0], b, r), TypeError, "weights must be a list or tuple"),

@@ -1,4 +1,5 @@
 """fastseg.atrous_conv2d / AtrousConv2d against F.conv2d (+ BN, residual, ReLU) on the CPU."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -137,6 +138,39 @@ def test_module_is_a_conv2d_drop_in():
     scale, shift = fastseg.batchnorm_scale_shift(bn)
     with torch.no_grad():
         assert_close_to_scale(ours(x, scale=scale, shift=shift, relu=True), torch.relu(bn(ref(x))))
+
+
+def test_module_constructor_is_conv2ds():
+    # Positional arguments land where nn.Conv2d puts them: ..., dilation, groups, bias.
+    ref = torch.nn.Conv2d(8, 6, 3, 1, 2, 2, 1, False)
+    ours = fastseg.AtrousConv2d(8, 6, 3, 1, 2, 2, 1, False)
+    assert ours.bias is None and ours.weight.shape == ref.weight.shape
+    assert (ours.stride, ours.padding, ours.dilation) == (ref.stride, ref.padding, ref.dilation)
+    ours = fastseg.AtrousConv2d(8, 6, 3, padding=np.int64(2), dilation=np.int64(2), groups=1,
+                                padding_mode="zeros")
+    assert ours(_rand((1, 8, 9, 9), 3)).shape == (1, 6, 9, 9)
+    with pytest.raises(NotImplementedError, match="groups=1 only, got groups=2"):
+        fastseg.AtrousConv2d(8, 6, 3, groups=2)
+    with pytest.raises(NotImplementedError, match="padding_mode='zeros' only"):
+        fastseg.AtrousConv2d(8, 6, 3, padding=1, padding_mode="reflect")
+
+
+def test_autocast_computes_in_autocasts_dtype_like_conv2d():
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(8, 6, 3, padding=2, dilation=2)
+    ours = fastseg.AtrousConv2d(8, 6, 3, padding=2, dilation=2)
+    ours.load_state_dict(ref.state_dict())
+    x = _rand((2, 8, 11, 13), 31)
+    scale, shift = torch.rand(6) + 0.5, torch.randn(6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        conv = ref(x)
+        got = ours(x, scale=scale, shift=shift, relu=True)
+        assert ours(x).dtype == conv.dtype == torch.bfloat16
+    # The fused epilogue stays in autocast's dtype too (the unfused version would promote to
+    # float32 at the multiplication by a float32 scale).
+    assert got.dtype == torch.bfloat16
+    want = torch.relu(conv.float() * scale[:, None, None] + shift[:, None, None])
+    assert_close_to_scale(got.float(), want, rel=2e-2)
 
 
 # --- bad input ----------------------------------------------------------------------------------

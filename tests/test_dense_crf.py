@@ -1,4 +1,6 @@
 """fastseg.dense_crf (torch-native) against DeepLab's pydensecrf post-processing."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -103,6 +105,20 @@ def test_non_contiguous_inputs(coffee):
     image_nc = torch.from_numpy(image).permute(1, 0, 2).contiguous().permute(1, 0, 2)
     assert not probs_nc.is_contiguous() and not image_nc.is_contiguous()
     assert torch.equal(fastseg.dense_crf(probs_nc, image_nc), want)
+
+
+def test_empty_batch_and_read_only_image(chelsea):
+    probs = torch.rand(0, 3, 4, 5)
+    q = fastseg.dense_crf(probs, np.zeros((0, 4, 5, 3), np.uint8))
+    assert q.shape == probs.shape and q.dtype == probs.dtype
+    # np.asarray(PIL image) is read-only: no copy warning from torch, the same result.
+    image = np.ascontiguousarray(chelsea[:30, :40])
+    frozen = image.copy()
+    frozen.flags.writeable = False
+    probs = torch.as_tensor(image_probs(image, 4, seed=6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(fastseg.dense_crf(probs, frozen), fastseg.dense_crf(probs, image))
 
 
 def test_gradients_match_reference_path(chelsea):

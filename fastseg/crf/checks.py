@@ -77,6 +77,14 @@ def std_tuple(value, length: int, name: str) -> tuple:
     return tuple(positive_float(v, f"{name}[{i}]") for i, v in enumerate(items))
 
 
+def writable_array(value) -> np.ndarray:
+    """``value`` as a C-contiguous array torch.from_numpy takes without warning: read-only
+    arrays (np.asarray of a PIL image, np.load with mmap_mode="r") are copied."""
+    arr = np.asarray(value)
+    out = np.ascontiguousarray(arr).reshape(arr.shape)  # (a 0-d array stays 0-d)
+    return out if out.flags.writeable else out.copy()
+
+
 def as_float32_tensor(value, name: str, device=None) -> torch.Tensor:
     """numpy arrays, tensors and nested sequences, of any real dtype, as a float32 tensor."""
     if isinstance(value, torch.Tensor):
@@ -85,8 +93,7 @@ def as_float32_tensor(value, name: str, device=None) -> torch.Tensor:
         arr = np.asarray(value)
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
-        # (ascontiguousarray makes a 0-d array 1-d: the reshape keeps a scalar a scalar.)
-        t = torch.from_numpy(np.ascontiguousarray(arr).reshape(arr.shape))
+        t = torch.from_numpy(writable_array(arr))
     if t.is_complex():
         raise TypeError(f"{name} must be real, got {t.dtype}")
     t = t.to(device=device if device is not None else t.device, dtype=torch.float32)

@@ -72,6 +72,8 @@ def dense_crf(probs: torch.Tensor, image, *, iterations: int = 10, pos_w: float 
         raise ValueError(f"image is {image_b.shape[1]}x{image_b.shape[2]} but probs is "
                          f"{height}x{width} (H x W)")
     checks.all_finite(probs_b, "probs")
+    if n_batch == 0:  # an empty batch, as torch operators take one
+        return torch.empty_like(probs)
 
     # The gaussian term depends on the image size and pos_xy_std only: one for the whole batch
     # (and kept for later calls of this size, see grid_terms).
@@ -99,9 +101,7 @@ def dense_crf(probs: torch.Tensor, image, *, iterations: int = 10, pos_w: float 
 def _image_tensor(image, device) -> torch.Tensor:
     if not isinstance(image, torch.Tensor):
         try:
-            import numpy as np
-
-            image = torch.from_numpy(np.ascontiguousarray(image))
+            image = torch.from_numpy(checks.writable_array(image))
         except TypeError:
             raise TypeError(f"image must be a uint8 tensor or array, got {type(image).__name__}") \
                 from None

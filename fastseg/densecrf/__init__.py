@@ -233,7 +233,7 @@ def _uint8_image(rgbim, height: int, width: int, device) -> torch.Tensor:
         arr = np.asarray(rgbim)
         if arr.dtype != np.uint8:  # pydensecrf raised ValueError ("Buffer dtype mismatch")
             raise checks.DtypeError(f"rgbim must be a uint8 image, got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        t = torch.from_numpy(checks.writable_array(arr))
     if t.dtype != torch.uint8:
         raise checks.DtypeError(f"rgbim must be a uint8 image, got {t.dtype}")
     if t.dim() != 3 or tuple(t.shape[:2]) != (height, width):
