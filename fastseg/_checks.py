@@ -91,7 +91,8 @@ def autocast_dtype(t: torch.Tensor) -> Optional[torch.dtype]:
     """The dtype torch.autocast has convolutions compute in on ``t``'s device, or None outside
     autocast (or for float64, which autocast leaves alone)."""
     device_type = t.device.type
-    if t.dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
+    if (t.dtype == torch.float64 or not torch.amp.is_autocast_available(device_type)
+            or not torch.is_autocast_enabled(device_type)):  # (meta tensors have no autocast)
         return None
     return torch.get_autocast_dtype(device_type)
 

@@ -126,6 +126,9 @@ def test_autocast_computes_in_autocasts_dtype_like_conv2d():
             assert_close_to_scale(got.float(), want.float(), rel=2e-2)
         assert fastseg.aspp(x.double(), [w.double() for w in _branches(16, 5, 4)[0]], None,
                             RATES).dtype == torch.float64  # autocast leaves float64 alone
+    # A model on the meta device (shape inference) has no autocast to ask about.
+    meta = fastseg.ASPP(16, 5).to("meta")
+    assert meta(x.to("meta")).shape == (2, 5, 19, 17)
 
 
 def test_numpy_integers_as_nn_conv2d_takes_them():
