@@ -54,6 +54,12 @@ def test_plus_inf_unary_from_a_zero_probability_says_to_clip():
     assert np.isfinite(d.inference(3)).all()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_cuda_device_without_a_gpu():
+    with pytest.raises(ValueError, match="device='cuda': no CUDA device is available"):
+        dcrf.DenseCRF2D(5, 4, 3, device="cuda")
+
+
 def test_whole_float_sizes_and_iterations_are_accepted_others_refused():
     # pydensecrf truncated any float; sizes computed with / are whole floats.
     d = dcrf.DenseCRF2D(10 / 2, 8 / 2, 3.0)

@@ -94,6 +94,9 @@ class DenseCRF:
         self._nvar = checks.positive_int(nvar, "nvar", integral_float=True)
         self._nlabel = checks.positive_int(nlabels, "nlabels", integral_float=True)
         self._device = torch.device(device) if device is not None else torch.device("cpu")
+        if self._device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: no CUDA device is available "
+                             f"(torch.cuda.is_available() is False)")
         self._unary: Optional[torch.Tensor] = None  # (N, M) energies: a view of a label-major copy
         self._terms: List[PairwiseTerm] = []
 
