@@ -125,6 +125,9 @@ class AtrousConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
                  device=None, dtype=None):
+        if isinstance(groups, bool):  # a bias flag in groups' place
+            raise TypeError("groups must be an int, got a bool: AtrousConv2d takes nn.Conv2d's "
+                            "arguments in nn.Conv2d's order (..., dilation, groups, bias, ...)")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups=groups, bias=bias, padding_mode=padding_mode, device=device,
                          dtype=dtype)

@@ -102,6 +102,10 @@ class ASPP(nn.Module):
     def rates(self) -> tuple:
         rates = []
         for name, c in self.named_children():
+            if not isinstance(c, nn.Conv2d):  # (a ValueError: an AttributeError would be lost
+                # in nn.Module.__getattr__, which would report "no attribute 'rates'")
+                raise ValueError(f"ASPP.{name} is not an ASPP branch: it is a "
+                                 f"{type(c).__name__}, not an nn.Conv2d")
             rate = c.dilation[0]
             if (c.kernel_size != (3, 3) or c.stride != (1, 1) or c.groups != 1
                     or c.padding_mode != "zeros" or c.dilation != (rate, rate)
@@ -115,8 +119,9 @@ class ASPP(nn.Module):
         return tuple(rates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rates = self.rates  # checks the children first
         convs = list(self.children())
-        return aspp(x, [c.weight for c in convs], [c.bias for c in convs], self.rates)
+        return aspp(x, [c.weight for c in convs], [c.bias for c in convs], rates)
 
     def extra_repr(self) -> str:
         return f"rates={self.rates}"

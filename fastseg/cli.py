@@ -21,8 +21,8 @@ def _load_array(path: str, what: str) -> np.ndarray:
         value = np.load(path, allow_pickle=False)
     except OSError as exc:
         raise _CliError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # not an .npy file (pickled, or another format)
-        raise _CliError(f"{what} {path!r} is not a .npy array file ({exc})") from None
+    except (ValueError, EOFError) as exc:  # not an .npy file (pickled, empty, another format)
+        raise _CliError(f"{what} {path!r} is not a .npy array file ({exc or 'empty'})") from None
     if not isinstance(value, np.ndarray):  # an .npz archive
         raise _CliError(f"{what} {path!r} holds several arrays (.npz); save the one array with "
                         f"np.save")
@@ -50,10 +50,16 @@ def _device(name: str):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise _CliError(f"--device must be cpu or cuda[:N], got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise _CliError("--device cuda: no CUDA device is available (torch.cuda.is_available() "
-                        "is False)")
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise _CliError(f"--device must be cpu or cuda[:N], got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise _CliError("--device cuda: no CUDA device is available "
+                            "(torch.cuda.is_available() is False)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise _CliError(f"--device {name}: there are {torch.cuda.device_count()} CUDA "
+                            f"devices")
     return device
 
 
@@ -61,6 +67,7 @@ def crf_main(argv) -> int:
     import torch
 
     import fastseg
+    from fastseg.crf import checks
 
     p = argparse.ArgumentParser(prog="fastseg crf",
                                 description="Refine class probabilities with a dense CRF "
@@ -84,8 +91,9 @@ def crf_main(argv) -> int:
     try:
         device = _device(a.device)
         image = _load_image(a.image)
-        probs = torch.from_numpy(_load_array(a.probs, "probs")).to(device)
+        probs = _load_array(a.probs, "probs")
         try:
+            probs = torch.from_numpy(checks.writable_array(probs)).to(device)
             q = fastseg.dense_crf(probs, image, iterations=a.iterations, pos_w=a.pos_w,
                                   pos_xy_std=a.pos_xy_std, bi_w=a.bi_w, bi_xy_std=a.bi_xy_std,
                                   bi_rgb_std=a.bi_rgb_std)

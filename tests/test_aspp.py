@@ -155,6 +155,10 @@ def test_rates_follow_the_children():
     ours.c2.padding = (5, 5)
     with pytest.raises(ValueError, match=r"ASPP.c2 is not an ASPP branch.*padding=\(5, 5\)"):
         ours(x)
+    ours.c2.padding = (18, 18)
+    ours.add_module("act", torch.nn.ReLU())
+    with pytest.raises(ValueError, match="ASPP.act is not an ASPP branch: it is a ReLU"):
+        ours(x)
 
 
 def test_module_initialisation_is_deeplab_v2():

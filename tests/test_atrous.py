@@ -149,6 +149,8 @@ def test_module_constructor_is_conv2ds():
     ours = fastseg.AtrousConv2d(8, 6, 3, padding=np.int64(2), dilation=np.int64(2), groups=1,
                                 padding_mode="zeros")
     assert ours(_rand((1, 8, 9, 9), 3)).shape == (1, 6, 9, 9)
+    with pytest.raises(TypeError, match="groups must be an int, got a bool"):
+        fastseg.AtrousConv2d(8, 6, 3, 1, 2, 2, False)  # the old order put bias here
     with pytest.raises(NotImplementedError, match="groups=1 only, got groups=2"):
         fastseg.AtrousConv2d(8, 6, 3, groups=2)
     with pytest.raises(NotImplementedError, match="padding_mode='zeros' only"):

@@ -34,6 +34,15 @@ def test_refined_probabilities_and_labels(files):
     assert labels.dtype == np.uint16 and np.array_equal(labels, want.argmax(0))
 
 
+def test_big_endian_probs(files):
+    path, image, probs = files
+    np.save(path / "swapped.npy", probs.astype(">f4"))
+    assert main(["crf", str(path / "image.png"), str(path / "swapped.npy"), "-o",
+                 str(path / "q.npy")]) == 0
+    assert np.array_equal(np.load(path / "q.npy"),
+                          fastseg.dense_crf(torch.from_numpy(probs), image).numpy())
+
+
 def test_batched_probs_give_labels_per_image(files):
     # probs saved straight from a network's (1, C, H, W) softmax: labels over the class axis.
     path, image, probs = files
@@ -53,6 +62,9 @@ def test_batched_probs_give_labels_per_image(files):
     ("wrong probs shape", "image is 40x50 but probs is"),
     ("missing output folder", "cannot write"),
     ("bad device", "--device must be cpu or cuda"),
+    ("meta device", "--device must be cpu or cuda"),
+    ("empty probs file", "is not a .npy array file"),
+    ("string probs", "can't convert"),
 ])
 def test_errors_are_messages_not_tracebacks(files, capsys, case, match):
     path, image, probs = files
@@ -74,7 +86,13 @@ def test_errors_are_messages_not_tracebacks(files, capsys, case, match):
         probs_arg = str(path / "small.npy")
     elif case == "missing output folder":
         out = str(path / "no" / "such" / "folder" / "q.npy")
-    extra = ["--device", "tpu"] if case == "bad device" else []
+    elif case == "empty probs file":
+        (path / "empty.npy").write_bytes(b"")
+        probs_arg = str(path / "empty.npy")
+    elif case == "string probs":
+        np.save(path / "strings.npy", np.array([["a"]]))
+        probs_arg = str(path / "strings.npy")
+    extra = {"bad device": ["--device", "tpu"], "meta device": ["--device", "meta"]}.get(case, [])
     assert main(["crf", image_arg, probs_arg, "-o", out] + extra) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastseg crf: error: ") and match in err and "Traceback" not in err

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fastseg
+from fastseg.crf import checks
 from fastseg.crf.features import (bilateral_feature_bounds, bilateral_features,
                                    gaussian_features)
 from fastseg.crf.mean_field import mean_field_loop
@@ -111,10 +112,14 @@ def test_empty_batch_and_read_only_image(chelsea):
     probs = torch.rand(0, 3, 4, 5)
     q = fastseg.dense_crf(probs, np.zeros((0, 4, 5, 3), np.uint8))
     assert q.shape == probs.shape and q.dtype == probs.dtype
-    # np.asarray(PIL image) is read-only: no copy warning from torch, the same result.
+    # np.asarray(PIL image) is read-only: copied before torch.from_numpy (which warns, once
+    # per process, about non-writable arrays), the same result.
     image = np.ascontiguousarray(chelsea[:30, :40])
     frozen = image.copy()
     frozen.flags.writeable = False
+    copied = checks.writable_array(frozen)
+    assert copied.flags.writeable and np.array_equal(copied, image)
+    assert np.shares_memory(checks.writable_array(image), image)  # writable: not copied
     probs = torch.as_tensor(image_probs(image, 4, seed=6))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -65,6 +65,7 @@ def test_whole_float_sizes_and_iterations_are_accepted_others_refused():
     d = dcrf.DenseCRF2D(10 / 2, 8 / 2, 3.0)
     d.setUnaryEnergy(np.ones((3, 20), np.float32))
     assert np.array_equal(d.inference(2.0), crf(5, 4, 3).inference(2))
+    assert np.array_equal(d.inference(np.array(2)), crf(5, 4, 3).inference(np.int64(2)))
     for bad in (5.5, float("inf"), float("nan")):
         with pytest.raises(TypeError, match="width must be a whole number"):
             dcrf.DenseCRF2D(bad, 4, 3)

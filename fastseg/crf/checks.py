@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 
 import numpy as np
 import torch
@@ -19,8 +20,11 @@ class DtypeError(TypeError, ValueError):
 
 
 def _int_value(value, name: str, integral_float: bool) -> int:
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
+    if not isinstance(value, (bool, np.bool_)):
+        try:  # ints, numpy integers and 0-d integer arrays (anything with __index__)
+            return operator.index(value)
+        except TypeError:
+            pass
     if integral_float and isinstance(value, numbers.Real) and not isinstance(value, bool):
         # pydensecrf truncated any float (a size computed as w / 1 is 512.0): whole ones mean
         # what they say, others are refused rather than silently truncated.
@@ -78,9 +82,12 @@ def std_tuple(value, length: int, name: str) -> tuple:
 
 
 def writable_array(value) -> np.ndarray:
-    """``value`` as a C-contiguous array torch.from_numpy takes without warning: read-only
-    arrays (np.asarray of a PIL image, np.load with mmap_mode="r") are copied."""
+    """``value`` as a C-contiguous, native-byte-order array that torch.from_numpy takes without
+    complaint: read-only arrays (np.asarray of a PIL image, np.load with mmap_mode="r") are
+    copied, byte-swapped ones (">f4" files) converted."""
     arr = np.asarray(value)
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     out = np.ascontiguousarray(arr).reshape(arr.shape)  # (a 0-d array stays 0-d)
     return out if out.flags.writeable else out.copy()
 
