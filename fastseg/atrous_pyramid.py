@@ -124,4 +124,8 @@ class ASPP(nn.Module):
         return aspp(x, [c.weight for c in convs], [c.bias for c in convs], rates)
 
     def extra_repr(self) -> str:
-        return f"rates={self.rates}"
+        # Printing the module is how one finds out what is wrong with it: never raise here.
+        try:
+            return f"rates={self.rates}"
+        except ValueError as exc:
+            return f"rates: none ({exc})"

@@ -159,6 +159,7 @@ def test_rates_follow_the_children():
     ours.add_module("act", torch.nn.ReLU())
     with pytest.raises(ValueError, match="ASPP.act is not an ASPP branch: it is a ReLU"):
         ours(x)
+    assert "rates: none (ASPP.act is not an ASPP branch" in repr(ours)  # printing still works
 
 
 def test_module_initialisation_is_deeplab_v2():
