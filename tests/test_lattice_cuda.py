@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fastseg.ops import build_lattice, mean_field, permutohedral_filter
-from fastseg.reference.permutohedral import build_lattice_reference
+from fastseg.reference.permutohedral import build_lattice_reference, filter_reference
 from test_lattice import photo_features
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -55,3 +55,25 @@ def test_cuda_mean_field_matches_cpu(chelsea):
         want = mean_field(u, [lat], [n], [n], [compat], 10)
         got = mean_field(u.cuda(), [lat.to("cuda")], [n.cuda()], [n.cuda()], [compat.cuda()], 10)
         torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("m", [1, 21, 182])
+def test_cuda_filter_heavy_vertices(m):
+    # Groups of identical points put `size` entries on each of their d+1 vertices; the CUDA splat
+    # sums vertices above 64 entries in 64-entry chunks, so the sizes straddle the chunk bounds
+    # (64 alone, 65 = 64 + 1, 128, 129) and one is a flat region's thousands.
+    g = torch.Generator().manual_seed(m)
+    sizes = [1, 63, 64, 65, 127, 128, 129, 200, 8271]
+    centres = torch.arange(len(sizes), dtype=torch.float32)[:, None] * 50.0 * torch.ones(1, 5)
+    feats = torch.cat([centres[i].expand(s, 5) for i, s in enumerate(sizes)])
+    feats = torch.cat([feats, torch.randn(3000, 5, generator=g) * 20])  # ordinary light vertices
+    feats = feats[torch.randperm(feats.shape[0], generator=g)]  # heavy entries scattered in memory
+    lat = build_lattice(feats)
+    degree = lat.splat_offsets[1:] - lat.splat_offsets[:-1]
+    assert {64, 65, 129, 8271} <= set(degree.tolist())  # the cases the test is for are there
+    x = torch.rand(feats.shape[0], m, generator=g)
+    s = torch.rand(feats.shape[0], generator=g) + 0.5
+    want = filter_reference(x.double(), lat, s.double(), s.double())
+    got = permutohedral_filter(x.cuda(), lat.to("cuda"), s.cuda(), s.cuda())
+    torch.testing.assert_close(got.cpu().double(), want, rtol=2e-5, atol=1e-4)
+    assert torch.equal(got, permutohedral_filter(x.cuda(), lat.to("cuda"), s.cuda(), s.cuda()))
