@@ -19,7 +19,10 @@ already have.
 """
 import glob
 import os
+import shlex
+import subprocess
 import sys
+import sysconfig
 
 from setuptools import setup
 
@@ -68,6 +71,27 @@ def _want_cuda() -> bool:
     return mode == "auto" and possible
 
 
+def _shared_libstdcxx_link_args():
+    """Link the shared libstdc++ where the C++ compiler would link a static copy.
+
+    Every input check in fastseg._C throws a C++ exception that libtorch's dispatcher catches
+    with the shared libstdc++ it uses. An extension holding its own static libstdc++ crashed
+    there (a segfault on every error, seen with a GCC wrapper whose library folder has only
+    libstdc++.a: it is what ``CXX`` named on the GPU machine); the same sources linked with the
+    shared one raise a Python RuntimeError as they should."""
+    cxx = shlex.split(os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++")
+    try:
+        found = subprocess.run(cxx + ["-print-file-name=libstdc++.so"], capture_output=True,
+                               text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return []  # the build itself will say what is wrong with the compiler
+    if os.path.isabs(found):
+        return []  # the compiler finds the shared library and links it by default
+    print(f"fastseg: {cxx[0]} finds no shared libstdc++; linking libstdc++.so.6 explicitly",
+          file=sys.stderr)
+    return ["-l:libstdc++.so.6"]
+
+
 def _extension():
     with_cuda = _want_cuda()
     cpp_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
@@ -103,7 +127,7 @@ def _extension():
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=define_macros,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp"] + _shared_libstdcxx_link_args(),
         **kwargs,
     )
 
