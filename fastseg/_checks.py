@@ -87,12 +87,30 @@ def positive_int_list(name: str, values) -> list[int]:
     return [int(v) for v in items]
 
 
+# Whether torch.autocast exists for a device type (meta tensors have none), asked once per type:
+# torch.compile before torch 2.14 cannot trace torch.amp.is_autocast_available (fullgraph=True
+# failed on it with torch 2.11), but it traces a lookup in this dict, filled here for the usual
+# devices before any trace starts.
+_AUTOCAST_AVAILABLE: dict = {}
+
+
+def _autocast_available(device_type: str) -> bool:
+    known = _AUTOCAST_AVAILABLE.get(device_type)
+    if known is None:
+        known = _AUTOCAST_AVAILABLE[device_type] = bool(torch.amp.is_autocast_available(device_type))
+    return known
+
+
+for _device_type in ("cpu", "cuda", "meta"):
+    _autocast_available(_device_type)
+
+
 def autocast_dtype(t: torch.Tensor) -> Optional[torch.dtype]:
     """The dtype torch.autocast has convolutions compute in on ``t``'s device, or None outside
     autocast (or for float64, which autocast leaves alone)."""
     device_type = t.device.type
-    if (t.dtype == torch.float64 or not torch.amp.is_autocast_available(device_type)
-            or not torch.is_autocast_enabled(device_type)):  # (meta tensors have no autocast)
+    if (t.dtype == torch.float64 or not _autocast_available(device_type)
+            or not torch.is_autocast_enabled(device_type)):
         return None
     return torch.get_autocast_dtype(device_type)
 
