@@ -85,6 +85,12 @@ def compat_for(kind, n_labels, weight, seed):
     return -m  # penalise co-occurring different labels (pydensecrf's sign convention)
 
 
+def kernel_member(module, name):
+    # pydensecrf built with Cython 3.3 has the members on KernelType only, not on the module
+    # (seen on the GPU machine); fastseg.densecrf has both, as pydensecrf's older builds do.
+    return getattr(module, name) if hasattr(module, name) else getattr(module.KernelType, name)
+
+
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("kind", COMPATS)
 def test_normalizations_and_compatibilities(chelsea, norm, kind):
@@ -98,10 +104,10 @@ def test_normalizations_and_compatibilities(chelsea, norm, kind):
         d.setUnaryEnergy(utils.unary_from_softmax(probs))
         norm_t = module.NormalizationType(norm)
         d.addPairwiseGaussian(sxy=(3, 2), compat=compat_for(kind, n_labels, 3 * scale, 1),
-                              kernel=module.DIAG_KERNEL, normalization=norm_t)
+                              kernel=kernel_member(module, "DIAG_KERNEL"), normalization=norm_t)
         d.addPairwiseBilateral(sxy=40, srgb=(10, 12, 14), rgbim=image,
                                compat=compat_for(kind, n_labels, 5 * scale, 2),
-                               kernel=module.FULL_KERNEL, normalization=norm_t)
+                               kernel=kernel_member(module, "FULL_KERNEL"), normalization=norm_t)
         results.append(np.array(d.inference(8)))
     assert_agrees(*results)
 
@@ -115,7 +121,7 @@ def test_kernel_types_do_not_change_inference(chelsea, kernel):
         d = module.DenseCRF2D(image.shape[1], image.shape[0], 3)
         d.setUnaryEnergy(utils.unary_from_softmax(probs))
         d.addPairwiseBilateral(sxy=30, srgb=8, rgbim=image, compat=5,
-                               kernel=getattr(module, kernel))
+                               kernel=kernel_member(module, kernel))
         results.append(np.array(d.inference(5)))
     assert_agrees(*results)
 
