@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 
-ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")
+ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+[a-z]?)'")
 FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 REGS = re.compile(r"Used (\d+) registers")
 
