@@ -88,9 +88,9 @@ def positive_int_list(name: str, values) -> list[int]:
 
 
 # Whether torch.autocast exists for a device type (meta tensors have none), asked once per type:
-# torch.compile before torch 2.14 cannot trace torch.amp.is_autocast_available (fullgraph=True
-# failed on it with torch 2.11), but it traces a lookup in this dict, filled here for the usual
-# devices before any trace starts.
+# torch.compile in torch 2.11 cannot trace torch.amp.is_autocast_available (fullgraph=True failed
+# on it; 2.14 traces it), but it traces a lookup in this dict, filled here for the usual devices
+# before any trace starts.
 _AUTOCAST_AVAILABLE: dict = {}
 
 
