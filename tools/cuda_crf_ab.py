@@ -15,28 +15,14 @@ B1, A2, B2 in separate processes, and `compare` A1 with B1 (and A1 with A2 for t
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import torch
+from profile_cuda_crf import astronaut_lattices, call_ms  # tools/, the script's folder
 
 import fastseg
-from fastseg.crf.features import bilateral_features, gaussian_features
-from fastseg.ops import build_lattice, permutohedral_filter
+from fastseg.ops import permutohedral_filter
 from fastseg.testing import image_probs, photo
-
-
-def crf_ms(probs, image, warmup, rounds):
-    for _ in range(warmup):
-        q = fastseg.dense_crf(probs, image)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        q = fastseg.dense_crf(probs, image)
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[rounds // 2], q
 
 
 def record(tag, out):
@@ -47,23 +33,19 @@ def record(tag, out):
     results = {}
     for n_labels in (21, 182):
         probs = torch.from_numpy(image_probs(image, n_labels, seed=n_labels)).cuda()
-        ms, q = crf_ms(probs, torch.from_numpy(image).cuda(), warmup=3, rounds=15)
+        ms, _, q = call_ms(probs, torch.from_numpy(image).cuda(), rounds=15, warmup=3)
         print(f"{tag} dense_crf {n_labels} labels: median {ms:.2f} ms")
         results[f"crf{n_labels}"] = q.cpu().numpy()
     torch.manual_seed(0)
-    t = torch.from_numpy(image)
-    features = {"gaussian": gaussian_features(t.shape[0], t.shape[1], 1.0, 1.0),
-                "bilateral": bilateral_features(t, 67.0, 67.0, (3.0, 3.0, 3.0))}
-    for kind, feats in features.items():
-        lattice = build_lattice(feats.cuda())
+    for kind, lattice in astronaut_lattices(image).items():
         for m in (21, 182):
-            x = torch.rand(feats.shape[0], m, device="cuda")
+            x = torch.rand(image.shape[0] * image.shape[1], m, device="cuda")
             ms = triton.testing.do_bench(lambda: permutohedral_filter(x, lattice), warmup=10, rep=100)
             print(f"{tag} filter {kind} m={m}: {ms:.3f} ms")
             results[f"filter_{kind}{m}"] = permutohedral_filter(x, lattice).cpu().numpy()
     flat = np.full((1024, 1024, 3), 128, np.uint8)
     probs = torch.from_numpy(image_probs(flat, 21, seed=1)).cuda()
-    ms, q = crf_ms(probs, torch.from_numpy(flat).cuda(), warmup=2, rounds=5)
+    ms, _, q = call_ms(probs, torch.from_numpy(flat).cuda(), rounds=5)
     print(f"{tag} dense_crf flat 1024x1024 21 labels: median {ms:.2f} ms")
     results["flat"] = q.cpu().numpy()
     np.savez(out, **results)
