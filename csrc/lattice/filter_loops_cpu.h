@@ -47,10 +47,12 @@ struct LatticeView {
   const float* in_scale = nullptr;         // (N,) or null
   const float* out_scale = nullptr;        // (N,) or null
   float alpha = 1.f;                       // 1 / (1 + 2^-d)
-  int64_t neighbor_reach = -1;             // max |neighbour - vertex| (make_view computes it)
-  bool first_use_numbered = false;         // vertices numbered by first use in entry order
-  int64_t splat_lead = -1;  // most vertices started, not complete, splatting in point order
-                            // (make_view computes it where a fused sweep may use it)
+  // max |neighbour - vertex| (make_view computes it): exact up to n_vertices / 16; past that,
+  // only known to be larger (no sweep is possible then)
+  int64_t neighbor_reach = -1;
+  bool first_use_numbered = false;  // vertices numbered by first use in entry order
+  int64_t splat_lead = -1;          // most vertices started, not complete, splatting in point order
+                                    // (make_view computes it where a fused sweep may use it)
   const BlurChains* chains = nullptr;  // when set, blur passes run in place along these
 };
 
