@@ -234,6 +234,42 @@ def test_schan_shorter_than_the_channels_scales_those_it_has(chelsea):
         futils.create_pairwise_bilateral((20, 20), (1, 2, 3, 4), img, chdim=2)
 
 
+def test_keys_beyond_int16_follow_the_float64_reference_not_pydensecrf(coffee):
+    # A real client pattern (Keras' pp_denseCRF on a grey image): schan=(0.005,) puts the
+    # intensity at up to 51000 standard deviations, lattice coordinates past pydensecrf's int16
+    # keys, which wrap and merge distant vertices. fastseg (32-bit keys, float64 embedding
+    # there) must match the float64 reference lattice; pydensecrf visibly does not.
+    from fastseg.crf.terms import NormalizationType
+    from fastseg.reference.densecrf import make_term_reference, mean_field_reference
+
+    image = np.ascontiguousarray(coffee[:160, :240])
+    gray = np.ascontiguousarray(image.mean(-1, keepdims=True).astype(np.uint8))
+    h, w, _ = gray.shape
+    probs = image_probs(image, 5)
+
+    def pp_dense_crf(module, utils):
+        d = module.DenseCRF2D(w, h, 5)
+        d.setUnaryEnergy(utils.unary_from_softmax(probs))
+        d.addPairwiseEnergy(utils.create_pairwise_gaussian(sdims=(10, 10), shape=(h, w)), compat=3)
+        d.addPairwiseEnergy(utils.create_pairwise_bilateral(sdims=(20, 20), schan=(0.005,),
+                                                            img=gray, chdim=2), compat=10)
+        return np.array(d.inference(5))
+
+    def features(f):
+        return torch.from_numpy(np.ascontiguousarray(f.T)).float()
+
+    terms = [
+        make_term_reference(features(putils.create_pairwise_gaussian((10, 10), (h, w))),
+                            torch.full((5,), 3.0), NormalizationType.NORMALIZE_SYMMETRIC),
+        make_term_reference(features(putils.create_pairwise_bilateral((20, 20), (0.005,), gray, 2)),
+                            torch.full((5,), 10.0), NormalizationType.NORMALIZE_SYMMETRIC)]
+    unary = torch.from_numpy(putils.unary_from_softmax(probs)).T.contiguous()
+    q_ref = mean_field_reference(unary, terms, 5).T.numpy()
+    q = pp_dense_crf(fcrf, futils)
+    assert_agrees(q, q_ref, max_diff=1e-5, min_agreement=1.0)
+    assert np.abs(pp_dense_crf(pcrf, putils) - q_ref).max() > 1e-3  # pydensecrf's wrapped keys
+
+
 def test_zero_dimensional_compat_is_a_potts_weight(chelsea):
     image = np.ascontiguousarray(chelsea[:30, :40])
     probs = image_probs(image, 4, seed=2)
