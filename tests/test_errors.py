@@ -154,6 +154,10 @@ def test_dense_crf_arguments():
         fastseg.dense_crf(probs, image, bi_xy_std=-3.0)
     with pytest.raises(ValueError, match=r"image is 5x4 but probs is 4x5"):
         fastseg.dense_crf(probs, np.zeros((5, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"probs looks like \(H, W, C\).*permute\(2, 0, 1\)"):
+        fastseg.dense_crf(probs.permute(1, 2, 0), image)  # channels-last probs
+    with pytest.raises(ValueError, match=r"probs looks like \(B, H, W, C\)"):
+        fastseg.dense_crf(probs.permute(1, 2, 0)[None], image[None])
     with pytest.raises(TypeError, match="image must be uint8"):
         fastseg.dense_crf(probs, np.zeros((4, 5, 3), np.float32))
     with pytest.raises(ValueError, match=r"probs must be \(C, H, W\)"):

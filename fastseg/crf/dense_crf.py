@@ -69,8 +69,14 @@ def dense_crf(probs: torch.Tensor, image, *, iterations: int = 10, pos_w: float 
         raise ValueError(f"image must be uint8 {expected} to match probs, got shape "
                          f"{image_shape}")
     if tuple(image_b.shape[1:3]) != (height, width):
+        hint = ""
+        if tuple(image_b.shape[1:3]) == (n_labels, height):  # probs passed channels-last
+            hint = ("; probs looks like (H, W, C): pass it as (C, H, W), e.g. "
+                    "probs.permute(2, 0, 1)" if not batched else
+                    "; probs looks like (B, H, W, C): pass it as (B, C, H, W), e.g. "
+                    "probs.permute(0, 3, 1, 2)")
         raise ValueError(f"image is {image_b.shape[1]}x{image_b.shape[2]} but probs is "
-                         f"{height}x{width} (H x W)")
+                         f"{height}x{width} (H x W){hint}")
     checks.all_finite(probs_b, "probs")
     if n_batch == 0:  # an empty batch, as torch operators take one
         return torch.empty_like(probs)
