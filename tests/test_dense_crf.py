@@ -214,6 +214,18 @@ def test_mean_field_is_bitwise_identical_across_thread_counts(chelsea):
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
+def test_image_probs_is_the_same_for_every_thread_count(chelsea, restore_threads):
+    # The benchmarks' and demo's inputs: torch's CPU softmax over the label dimension rounded
+    # differently with 2 threads than with 1 here before image_probs pinned its torch ops to
+    # one thread; it must also give the caller its thread count back.
+    results = []
+    for n_threads in (1, 2, 3):
+        torch.set_num_threads(n_threads)
+        results.append(image_probs(chelsea, 21))
+    assert torch.get_num_threads() == 3
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
 def test_large_buffers_are_cached_between_calls_and_released_on_request(astronaut):
     probs = torch.from_numpy(image_probs(astronaut[:256, :256].copy(), 21))
     image = astronaut[:256, :256].copy()
