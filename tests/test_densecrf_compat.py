@@ -270,6 +270,50 @@ def test_keys_beyond_int16_follow_the_float64_reference_not_pydensecrf(coffee):
     assert np.abs(pp_dense_crf(pcrf, putils) - q_ref).max() > 1e-3  # pydensecrf's wrapped keys
 
 
+def test_pydensecrf_phantom_points_explain_its_answers_when_n_is_not_a_multiple_of_4(chelsea):
+    # pydensecrf's SSE lattice build (the one x86 builds compile) embeds points four at a time
+    # and pads the last group with all-zero features, whose vertices go into the lattice: they
+    # receive no value but relay blur mass between real vertices near the feature origin. With
+    # H*W not a multiple of 4 and features of small range (srgb=50 here) that moves its Q by
+    # more than 1e-3; fastseg builds the lattice of the real points only. Emulating those
+    # phantom points with fastseg's own lattice operators reproduces pydensecrf, and without
+    # them (H*W a multiple of 4) the two agree as everywhere else.
+    from fastseg.crf.features import bilateral_features
+    from fastseg.ops import build_lattice, permutohedral_filter
+
+    def crf(module, utils, img, probs):
+        h, w, _ = img.shape
+        d = module.DenseCRF2D(w, h, probs.shape[0])
+        d.setUnaryEnergy(utils.unary_from_softmax(probs))
+        d.addPairwiseBilateral(sxy=5, srgb=50, rgbim=img, compat=5)
+        return np.array(d.inference(1))
+
+    img = np.ascontiguousarray(chelsea[100:135, 200:225])  # 35 x 25 = 875 points, 3 mod 4
+    probs = image_probs(img, 4, seed=3)
+    q, q_ref = crf(fcrf, futils, img, probs), crf(pcrf, putils, img, probs)
+    assert np.abs(q - q_ref).max() > 1e-3
+
+    feats = bilateral_features(torch.from_numpy(img), 5.0, 5.0, (50.0,) * 3)
+    n, pad = feats.shape[0], (-feats.shape[0]) % 4
+    lattice = build_lattice(torch.cat([feats, torch.zeros(pad, feats.shape[1])]))
+
+    def pydensecrf_filter(values):  # the phantom points carry no value
+        padded = torch.cat([values, torch.zeros(pad, values.shape[1])])
+        return permutohedral_filter(padded, lattice)[:n]
+
+    unary = torch.from_numpy(putils.unary_from_softmax(probs)).T.contiguous()
+    q0 = torch.softmax(-unary, 1)
+    norm = (1.0 / torch.sqrt(pydensecrf_filter(torch.ones(n, 1))[:, 0].double() + 1e-20)).float()
+    message = norm[:, None] * pydensecrf_filter(q0 * norm[:, None])
+    q_emulated = torch.softmax(-unary + 5.0 * message, 1).T.numpy()
+    assert_agrees(q_emulated, q_ref, max_diff=1e-5, min_agreement=1.0)
+
+    img = np.ascontiguousarray(chelsea[100:136, 200:225])  # 900 points: no phantom point
+    probs = image_probs(img, 4, seed=3)
+    assert_agrees(crf(fcrf, futils, img, probs), crf(pcrf, putils, img, probs), max_diff=1e-5,
+                  min_agreement=1.0)
+
+
 def test_zero_dimensional_compat_is_a_potts_weight(chelsea):
     image = np.ascontiguousarray(chelsea[:30, :40])
     probs = image_probs(image, 4, seed=2)
