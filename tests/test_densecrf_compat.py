@@ -46,8 +46,7 @@ def test_deeplab_parameters_on_photographs(request, photo_name, n_labels):
 
 @pytest.mark.parametrize("photo_name,height,width", [("coffee", 399, 599), ("rocket", 427, 639)])
 def test_deeplab_parameters_on_odd_sizes(photo_name, height, width):
-    # H*W not a multiple of 4: pydensecrf's phantom lattice points (see the test below) are in
-    # play, and with DeepLab's parameters on a photograph they move its Q by under 1e-5.
+    # H*W not a multiple of 4: pydensecrf's phantom lattice points (see below) are in play.
     from fastseg.testing import photo
 
     image = np.ascontiguousarray(photo(photo_name)[:height, :width])
@@ -282,48 +281,54 @@ def test_keys_beyond_int16_follow_the_float64_reference_not_pydensecrf(coffee):
     assert np.abs(pp_dense_crf(pcrf, putils) - q_ref).max() > 1e-3  # pydensecrf's wrapped keys
 
 
-def test_pydensecrf_phantom_points_explain_its_answers_when_n_is_not_a_multiple_of_4(chelsea):
-    # pydensecrf's SSE lattice build (the one x86 builds compile) embeds points four at a time
-    # and pads the last group with all-zero features, whose vertices go into the lattice: they
-    # receive no value but relay blur mass between real vertices near the feature origin. With
-    # H*W not a multiple of 4 and features of small range (srgb=50 here) that moves its Q by
-    # more than 1e-3; fastseg builds the lattice of the real points only. Emulating those
-    # phantom points with fastseg's own lattice operators reproduces pydensecrf, and without
-    # them (H*W a multiple of 4) the two agree as everywhere else.
+def test_phantom_points_give_pydensecrfs_answers_when_n_is_not_a_multiple_of_4(chelsea):
+    # pydensecrf's x86 lattice build pads the points to a multiple of 4 with all-zero features
+    # and keeps those phantom points' vertices (fastseg/crf/phantom_points.py). With H*W = 875
+    # and a small-range colour feature (srgb=50) they move its Q by more than 1e-3 against the
+    # lattice of the real points only; fastseg's terms include them and agree.
     from fastseg.crf.features import bilateral_features
     from fastseg.ops import build_lattice, permutohedral_filter
 
-    def crf(module, utils, img, probs):
-        h, w, _ = img.shape
-        d = module.DenseCRF2D(w, h, probs.shape[0])
+    img = np.ascontiguousarray(chelsea[100:135, 200:225])  # 35 x 25 = 875 points, 3 mod 4
+    probs = image_probs(img, 4, seed=3)
+
+    def crf(module, utils):
+        d = module.DenseCRF2D(25, 35, 4)
         d.setUnaryEnergy(utils.unary_from_softmax(probs))
         d.addPairwiseBilateral(sxy=5, srgb=50, rgbim=img, compat=5)
         return np.array(d.inference(1))
 
-    img = np.ascontiguousarray(chelsea[100:135, 200:225])  # 35 x 25 = 875 points, 3 mod 4
-    probs = image_probs(img, 4, seed=3)
-    q, q_ref = crf(fcrf, futils, img, probs), crf(pcrf, putils, img, probs)
-    assert np.abs(q - q_ref).max() > 1e-3
+    q_ref = crf(pcrf, putils)
+    assert_agrees(crf(fcrf, futils), q_ref, max_diff=1e-5, min_agreement=1.0)
 
-    feats = bilateral_features(torch.from_numpy(img), 5.0, 5.0, (50.0,) * 3)
-    n, pad = feats.shape[0], (-feats.shape[0]) % 4
-    lattice = build_lattice(torch.cat([feats, torch.zeros(pad, feats.shape[1])]))
-
-    def pydensecrf_filter(values):  # the phantom points carry no value
-        padded = torch.cat([values, torch.zeros(pad, values.shape[1])])
-        return permutohedral_filter(padded, lattice)[:n]
-
+    # The same iteration on the lattice of the 875 real points alone is visibly different.
+    lattice = build_lattice(bilateral_features(torch.from_numpy(img), 5.0, 5.0, (50.0,) * 3))
     unary = torch.from_numpy(putils.unary_from_softmax(probs)).T.contiguous()
     q0 = torch.softmax(-unary, 1)
-    norm = (1.0 / torch.sqrt(pydensecrf_filter(torch.ones(n, 1))[:, 0].double() + 1e-20)).float()
-    message = norm[:, None] * pydensecrf_filter(q0 * norm[:, None])
-    q_emulated = torch.softmax(-unary + 5.0 * message, 1).T.numpy()
-    assert_agrees(q_emulated, q_ref, max_diff=1e-5, min_agreement=1.0)
+    ones = torch.ones(unary.shape[0], 1)
+    norm = (1.0 / torch.sqrt(permutohedral_filter(ones, lattice)[:, 0].double() + 1e-20)).float()
+    message = norm[:, None] * permutohedral_filter(q0 * norm[:, None], lattice)
+    q_real_points_only = torch.softmax(-unary + 5.0 * message, 1).T.numpy()
+    assert np.abs(q_real_points_only - q_ref).max() > 1e-3
 
-    img = np.ascontiguousarray(chelsea[100:136, 200:225])  # 900 points: no phantom point
-    probs = image_probs(img, 4, seed=3)
-    assert_agrees(crf(fcrf, futils, img, probs), crf(pcrf, putils, img, probs), max_diff=1e-5,
-                  min_agreement=1.0)
+
+def test_phantom_points_leave_every_vertex_and_drop_only_their_entries():
+    from fastseg.crf.phantom_points import build_with_phantom_points
+    from fastseg.ops import build_lattice
+
+    feats = torch.rand(10, 3) * 4 + 1  # away from the origin: the phantoms add vertices
+    lat = build_with_phantom_points(feats, build_lattice)
+    full = build_lattice(torch.cat([feats, torch.zeros(2, 3)]))
+    assert lat.n_points == 10 and lat.n_vertices == full.n_vertices
+    assert torch.equal(lat.vertices, full.vertices[:10])
+    assert torch.equal(lat.neighbors, full.neighbors)
+    assert lat.splat_points.numel() == 10 * 4 and int(lat.splat_points.max()) < 10
+    for v in range(lat.n_vertices):  # each vertex keeps its real entries, in order
+        got = lat.splat_points[lat.splat_offsets[v]:lat.splat_offsets[v + 1]]
+        want = full.splat_points[full.splat_offsets[v]:full.splat_offsets[v + 1]]
+        assert torch.equal(got, want[want < 10])
+    assert build_with_phantom_points(feats[:8], build_lattice).n_vertices == \
+        build_lattice(feats[:8]).n_vertices  # 8 points: no phantom
 
 
 def test_zero_dimensional_compat_is_a_potts_weight(chelsea):

@@ -167,13 +167,14 @@ FASTSEG_INLINE int64_t last_point(const LatticeView& lat, int64_t v) {
 // sums them, so the two forms give the same values; this one streams through the values
 // instead of gathering scattered rows. When vertices are numbered by first use in entry order
 // (as the build numbers them), the vertex a point meets first is always the next number, so
-// its first contribution is stored rather than added and the buffer needs no zeroing pass.
+// its first contribution is stored rather than added and only the rows no point reaches (row
+// V, and the vertices of pydensecrf's phantom points after the others) need zeroing.
 template <int W>
 FASTSEG_INLINE void splat_scatter_w(const LatticeView& lat, const float* values, int64_t s,
                                     float* buf) {
   using F = typename Vec<W>::f;
-  const bool first_use = lat.first_use_numbered;
-  const int64_t zero_from = first_use ? lat.n_vertices * s : 0;
+  const bool first_use = lat.first_used >= 0;
+  const int64_t zero_from = first_use ? lat.first_used * s : 0;
   const int64_t zero_to = (lat.n_vertices + 1) * s;
   for (int64_t k = zero_from; k < zero_to; k += W) store<W>(buf + k, F{} + 0.f);
   int64_t next = 0;  // the lowest vertex not reached yet, when first_use
@@ -624,19 +625,20 @@ static FASTSEG_CLONES int32_t neighbor_distance_range(const int32_t* nb, int32_t
   return acc;
 }
 
-// Whether entries, in order, meet vertices 0, 1, 2, ... for the first time in that order,
-// every vertex being met.
-bool numbered_by_first_use(const int32_t* vertices, int64_t n_entries, int64_t nv) {
+// How many vertices the entries meet when, in order, they meet vertices 0, 1, 2, ... for the
+// first time in that order (vertices numbered after those are met by no entry: those only
+// pydensecrf's phantom points touch, fastseg/crf/phantom_points.py); -1 otherwise.
+int64_t first_use_count(const int32_t* vertices, int64_t n_entries, int64_t nv) {
   int64_t next = 0;
   for (int64_t e = 0; e < n_entries; ++e) {
     const int64_t u = vertices[e];
     if (u == next) {
       ++next;
     } else if (u > next || u < 0) {
-      return false;
+      return -1;
     }
   }
-  return next == nv;
+  return next <= nv ? next : -1;
 }
 
 // The most vertices started and not yet complete after any point, splatting points in order
@@ -704,10 +706,11 @@ LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
   // its exact value.
   const int64_t sweepable_reach = v.n_vertices / 16;
   v.neighbor_reach = max_neighbor_distance(v.neighbors, v.d, v.n_vertices, sweepable_reach);
-  v.first_use_numbered = numbered_by_first_use(v.vertices, v.n_points * (v.d + 1), v.n_vertices);
-  // Only lattices that may be swept with rows of 4 or more floats need the splat lead.
+  v.first_used = first_use_count(v.vertices, v.n_points * (v.d + 1), v.n_vertices);
+  // Only lattices that may be swept with rows of 4 or more floats need the splat lead, and the
+  // fused sweep needs every vertex to be met by some point.
   const int64_t min_ring_bytes = 4 * v.neighbor_reach * v.d * 4 * int64_t(sizeof(float));
-  if (v.first_use_numbered && v.neighbor_reach <= sweepable_reach &&
+  if (v.first_used == v.n_vertices && v.neighbor_reach <= sweepable_reach &&
       min_ring_bytes <= kMaxFusedRingBytes) {
     v.splat_lead = max_splat_lead(v);
   }

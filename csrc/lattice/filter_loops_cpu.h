@@ -50,9 +50,11 @@ struct LatticeView {
   // max |neighbour - vertex| (make_view computes it): exact up to n_vertices / 16; past that,
   // only known to be larger (no sweep is possible then)
   int64_t neighbor_reach = -1;
-  bool first_use_numbered = false;  // vertices numbered by first use in entry order
-  int64_t splat_lead = -1;          // most vertices started, not complete, splatting in point order
-                                    // (make_view computes it where a fused sweep may use it)
+  // The entries meet vertices 0 .. first_used - 1 for the first time in that order and no
+  // others (vertices after them belong to no point); -1 if not (make_view computes it).
+  int64_t first_used = -1;
+  int64_t splat_lead = -1;  // most vertices started, not complete, splatting in point order
+                            // (make_view computes it where a fused sweep may use it)
   const BlurChains* chains = nullptr;  // when set, blur passes run in place along these
 };
 

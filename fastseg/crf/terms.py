@@ -8,6 +8,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 from fastseg.crf import checks
+from fastseg.crf.phantom_points import build_with_phantom_points
 from fastseg.ops.lattice import Lattice, build_lattice, permutohedral_filter
 
 
@@ -96,9 +97,10 @@ def make_term(features: torch.Tensor, compat: torch.Tensor,
     """Builds the lattice of (N, d) float32 features and the normalisation pydensecrf uses.
 
     ``build`` and ``filter_fn`` default to the native operators; the reference path passes its
-    own, so that both share this code.
+    own, so that both share this code. The lattice includes pydensecrf's phantom points
+    (fastseg/crf/phantom_points.py).
     """
-    lattice = build(features)
+    lattice = build_with_phantom_points(features, build)
     if normalization == NormalizationType.NO_NORMALIZATION:
         return PairwiseTerm(lattice, None, None, compat)
     ones = torch.ones((features.shape[0], 1), dtype=torch.float32, device=features.device)
