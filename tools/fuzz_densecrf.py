@@ -5,9 +5,10 @@
 Each trial draws an image (random noise or smooth), probabilities, DenseCRF2D parameters (both
 terms, any normalisation, 1-11 iterations) and runs the same calls through both libraries.
 Where they differ by more than --threshold, the float64 reference path (fastseg.reference, with
-the features DenseCRF2D builds) says which one computed the model: the README's differences
-from pydensecrf (its phantom lattice points when H*W is not a multiple of 4,
-NO_NORMALIZATION's ill-conditioning with wide kernels) were found this way.
+the features DenseCRF2D builds) says which one computed the model. pydensecrf's phantom lattice
+points (fastseg/crf/phantom_points.py) were found this way: 8 of the default 300 differed
+before fastseg reproduced them, 1 after (NO_NORMALIZATION with a wide kernel, the
+ill-conditioned case of the README).
 """
 import argparse
 import warnings
