@@ -4,13 +4,15 @@ pydensecrf's x86 build (its SSE code path, which every x86-64 compile takes) emb
 points four at a time and pads the last group with all-zero features, and the vertices of those
 padding points go into its lattice like any other. They carry no value, but the blur passes
 through them: where they add vertices next to real ones (features near the origin, such as dark
-pixels near the top-left corner under a small colour scale) they relay filtered mass that a
-lattice of the real points alone would not, which moved pydensecrf's Q by up to ~4e-2 in
-tests/test_densecrf_compat.py's cases. So that fastseg's CRF gives pydensecrf's answers there
-too, its pairwise terms build the same lattice: the features with those points appended, then
-the points dropped from the splat and the slice while their vertices stay. Only when N is not a
-multiple of 4. (pydensecrf compiled without SSE, on ARM for one, has no phantom points; the raw
-operators in fastseg.ops build the lattice of exactly the points they are given.)
+pixels under DeepLab's colour scale, or most pixels under a large one) they relay filtered
+mass that a lattice of the real points alone would not: against that lattice, pydensecrf's Q
+moved by up to 2.6e-2 on dark odd-size images with DeepLab's parameters and 4e-2 on small
+noise images with srgb=50 (tools/fuzz_densecrf.py, tests/test_densecrf_compat.py). So that
+fastseg's CRF gives pydensecrf's answers there too, its pairwise terms build the same lattice:
+the features with those points appended, then the points dropped from the splat and the slice
+while their vertices stay. Only when N is not a multiple of 4. (pydensecrf compiled without
+SSE, on ARM for one, has no phantom points; the raw operators in fastseg.ops build the lattice
+of exactly the points they are given.)
 """
 from __future__ import annotations
 
