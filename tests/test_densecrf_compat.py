@@ -316,9 +316,10 @@ def test_phantom_points_leave_every_vertex_and_drop_only_their_entries():
     from fastseg.crf.phantom_points import build_with_phantom_points
     from fastseg.ops import build_lattice
 
-    feats = torch.rand(10, 3) * 4 + 1  # away from the origin: the phantoms add vertices
+    feats = torch.rand(10, 3, generator=torch.Generator().manual_seed(0)) * 4 + 1
     lat = build_with_phantom_points(feats, build_lattice)
     full = build_lattice(torch.cat([feats, torch.zeros(2, 3)]))
+    assert full.n_vertices > build_lattice(feats).n_vertices  # the phantoms add vertices
     assert lat.n_points == 10 and lat.n_vertices == full.n_vertices
     assert torch.equal(lat.vertices, full.vertices[:10])
     assert torch.equal(lat.neighbors, full.neighbors)
