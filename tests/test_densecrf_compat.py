@@ -287,7 +287,9 @@ def test_phantom_points_give_pydensecrfs_answers_when_n_is_not_a_multiple_of_4(c
     # and a small-range colour feature (srgb=50) they move its Q by more than 1e-3 against the
     # lattice of the real points only; fastseg's terms include them and agree.
     from fastseg.crf.features import bilateral_features
-    from fastseg.ops import build_lattice, permutohedral_filter
+    from fastseg.crf.mean_field import mean_field_loop
+    from fastseg.crf.terms import NormalizationType, term_from_lattice
+    from fastseg.ops import build_lattice
 
     img = np.ascontiguousarray(chelsea[100:135, 200:225])  # 35 x 25 = 875 points, 3 mod 4
     probs = image_probs(img, 4, seed=3)
@@ -303,12 +305,9 @@ def test_phantom_points_give_pydensecrfs_answers_when_n_is_not_a_multiple_of_4(c
 
     # The same iteration on the lattice of the 875 real points alone is visibly different.
     lattice = build_lattice(bilateral_features(torch.from_numpy(img), 5.0, 5.0, (50.0,) * 3))
+    term = term_from_lattice(lattice, torch.full((4,), 5.0), NormalizationType.NORMALIZE_SYMMETRIC)
     unary = torch.from_numpy(putils.unary_from_softmax(probs)).T.contiguous()
-    q0 = torch.softmax(-unary, 1)
-    ones = torch.ones(unary.shape[0], 1)
-    norm = (1.0 / torch.sqrt(permutohedral_filter(ones, lattice)[:, 0].double() + 1e-20)).float()
-    message = norm[:, None] * permutohedral_filter(q0 * norm[:, None], lattice)
-    q_real_points_only = torch.softmax(-unary + 5.0 * message, 1).T.numpy()
+    q_real_points_only = mean_field_loop(unary, [term], 1).T.numpy()
     assert np.abs(q_real_points_only - q_ref).max() > 1e-3
 
 

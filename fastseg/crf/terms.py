@@ -101,9 +101,15 @@ def make_term(features: torch.Tensor, compat: torch.Tensor,
     (fastseg/crf/phantom_points.py).
     """
     lattice = build_with_phantom_points(features, build)
+    return term_from_lattice(lattice, compat, normalization, filter_fn)
+
+
+def term_from_lattice(lattice: Lattice, compat: torch.Tensor, normalization: NormalizationType,
+                      filter_fn: Callable = permutohedral_filter) -> PairwiseTerm:
+    """The pairwise term of a built lattice, with the normalisation pydensecrf uses."""
     if normalization == NormalizationType.NO_NORMALIZATION:
         return PairwiseTerm(lattice, None, None, compat)
-    ones = torch.ones((features.shape[0], 1), dtype=torch.float32, device=features.device)
+    ones = torch.ones((lattice.n_points, 1), dtype=torch.float32, device=lattice.weights.device)
     k1 = filter_fn(ones, lattice, None, None)[:, 0]
     # pydensecrf: norm = 1.0 / sqrt(norm + 1e-20) (symmetric) or 1.0 / (norm + 1e-20), in double
     k1 = k1.double() + 1e-20
