@@ -23,6 +23,7 @@ import torch
 
 import fastseg
 from fastseg.crf import grid_terms
+from fastseg.crf.dense_crf import UNARY_CLIP
 from fastseg.crf.features import bilateral_features, gaussian_features
 from fastseg.crf.mean_field import infer
 from fastseg.crf.terms import NormalizationType, make_term
@@ -51,8 +52,8 @@ def profile(n_labels, rounds):
         rows.append((name, *timed(fn, rounds)))
 
     p = probs.reshape(n_labels, -1)
-    step("unary -log(clamp(probs))", lambda: p.clamp(1e-5, 1.0).log_().neg_())
-    unary = p.clamp(1e-5, 1.0).log_().neg_().T  # label-major, as dense_crf passes it
+    step("unary -log(clamp(probs))", lambda: p.clamp(UNARY_CLIP, 1.0).log_().neg_())
+    unary = p.clamp(UNARY_CLIP, 1.0).log_().neg_().T  # label-major, as dense_crf passes it
     im = torch.from_numpy(image)
     step("bilateral features", lambda: bilateral_features(im, 67.0, 67.0, (3.0,) * 3))
     feats = bilateral_features(im, 67.0, 67.0, (3.0,) * 3)
