@@ -1,5 +1,9 @@
 // CPU loops of lattice filtering and of the mean-field update, shared by the filter operator
-// (lattice_filter_cpu.cpp) and the fused mean-field operator (mean_field_cpu.cpp).
+// (lattice_filter_cpu.cpp) and the fused mean-field operator (mean_field_cpu.cpp). They are
+// implemented by step: filter_view_cpu.cpp (make_view), filter_splat_cpu.cpp,
+// filter_sweep_cpu.cpp and filter_blur_cpu.cpp (splat_and_blur and the blur chains),
+// filter_update_cpu.cpp (slice, the update, softmax, padding); filter_rows_cpu.h holds the
+// vector row helpers they are written with, filter_steps_cpu.h what they share internally.
 //
 // Values are rows of s floats, s = row_stride(m) for m labels: (N, s) per point, (V+1, s) per
 // vertex where row V stays zero and stands for a missing blur neighbour. Padding rows to whole
