@@ -76,6 +76,20 @@ FASTSEG_INLINE void prefetch_row(const float* row, int64_t s) {
   __builtin_prefetch(row + s - 1);
 }
 
+// Rows read in order (the unary, and the values a scatter splat adds) are prefetched this many
+// rows ahead too: perf's cpu-clock samples showed the update stalled on its unary loads, a
+// sequential stream the hardware prefetcher did not keep ahead of beside the gathers. Each
+// loop's CPU time against the unchanged blur chains' (so that the host's speed cancels), median
+// of 5 alternating processes, 21 labels: the update 7% less, the scatter splat 6-8%, the fused
+// gaussian sweep 3% (at 182 labels the update 8%); 16 or 64 rows ahead no better than 32.
+constexpr int64_t kStreamAhead = 32;
+
+// One prefetch per 64 bytes from the row's start: rows in order cover every line between them,
+// so prefetch_row's extra one for a row's last line would be a repeat.
+FASTSEG_INLINE void prefetch_stream_row(const float* row, int64_t s) {
+  for (int64_t k = 0; k < s; k += 16) __builtin_prefetch(row + k);
+}
+
 }  // namespace cpu
 }  // namespace lattice
 }  // namespace fastseg
