@@ -18,6 +18,7 @@ at.
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,6 +109,8 @@ def main():
     parser.add_argument("--data", default=None, help="keep perf's data file here")
     parser.add_argument("--frequency", type=int, default=2000, help="samples per second")
     args = parser.parse_args()
+    if shutil.which("perf") is None:
+        sys.exit("perf_cpu_crf: needs Linux perf (`perf` on PATH)")
 
     work = tempfile.mkdtemp(prefix="perf_cpu_crf_")
     count_path = os.path.join(work, "calls")
@@ -150,8 +153,7 @@ def main():
         relative = f"{n / reference:.2f}" if reference else "-"
         print(f"{100 * n / total:6.1f}% {n * ms_per_sample / calls:12.1f} {relative:>15}  "
               f"{short_name(sym)}")
-    if args.data is None:
-        os.remove(data)
+    shutil.rmtree(work, ignore_errors=True)  # perf's data too, unless --data put it elsewhere
 
 
 if __name__ == "__main__":
