@@ -18,12 +18,10 @@ const float* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<float>() : nullptr;
 }
 
-}  // namespace
-
 // Largest |neighbour - vertex| over the blur neighbours of vertices [begin, end) along one
 // direction, missing ones (= nv) excluded; branch-free so that it vectorises.
-static FASTSEG_CLONES int32_t neighbor_distance_range(const int32_t* nb, int32_t nv, int32_t begin,
-                                                      int32_t end) {
+FASTSEG_CLONES int32_t neighbor_distance_range(const int32_t* nb, int32_t nv, int32_t begin,
+                                               int32_t end) {
   int32_t acc = 0;
   for (int32_t v = begin; v < end; ++v) {
     const int32_t a = nb[2 * v], b = nb[2 * v + 1];
@@ -52,7 +50,7 @@ int64_t first_use_count(const int32_t* vertices, int64_t n_entries, int64_t nv) 
 
 // The most vertices started and not yet complete after any point, splatting points in order
 // (the state SweepSplat tracks); needs first-use numbering.
-static int64_t max_splat_lead(const LatticeView& lat) {
+int64_t max_splat_lead(const LatticeView& lat) {
   const int dp1 = lat.d + 1;
   int64_t next = 0, complete = 0, lead = 0;
   for (int64_t p = 0; p < lat.n_points; ++p) {
@@ -91,6 +89,8 @@ int64_t max_neighbor_distance(const int32_t* neighbors, int d, int64_t nv, int64
   }
   return reach;
 }
+
+}  // namespace
 
 LatticeView make_view(const at::Tensor& vertices, const at::Tensor& weights,
                       const at::Tensor& neighbors, const at::Tensor& splat_offsets,
