@@ -71,8 +71,15 @@ FASTSEG_INLINE void store(float* p, typename Vec<W>::f v) {
 // faster than 8 on one thread, 32 no better than 16).
 constexpr int64_t kAhead = 16;
 
-FASTSEG_INLINE void prefetch_row(const float* row, int64_t s) {
+// One prefetch per 64 bytes from the row's start: enough for rows read in order, which cover
+// every line between them.
+FASTSEG_INLINE void prefetch_stream_row(const float* row, int64_t s) {
   for (int64_t k = 0; k < s; k += 16) __builtin_prefetch(row + k);
+}
+
+// A gathered row may also reach into one more line: its last float's.
+FASTSEG_INLINE void prefetch_row(const float* row, int64_t s) {
+  prefetch_stream_row(row, s);
   __builtin_prefetch(row + s - 1);
 }
 
@@ -84,10 +91,11 @@ FASTSEG_INLINE void prefetch_row(const float* row, int64_t s) {
 // gaussian sweep 3% (at 182 labels the update 8%); 16 or 64 rows ahead no better than 32.
 constexpr int64_t kStreamAhead = 32;
 
-// One prefetch per 64 bytes from the row's start: rows in order cover every line between them,
-// so prefetch_row's extra one for a row's last line would be a repeat.
-FASTSEG_INLINE void prefetch_stream_row(const float* row, int64_t s) {
-  for (int64_t k = 0; k < s; k += 16) __builtin_prefetch(row + k);
+// Row p + kStreamAhead of `rows` (of s floats, `end` of them), when there is one. Rows shorter
+// than 8 floats share lines (a prefetch per row would repeat each line up to 16 times, in a
+// scalar loop): their thin stream is left to the hardware prefetcher.
+FASTSEG_INLINE void prefetch_stream_ahead(const float* rows, int64_t s, int64_t p, int64_t end) {
+  if (s >= 8 && p + kStreamAhead < end) prefetch_stream_row(rows + (p + kStreamAhead) * s, s);
 }
 
 }  // namespace cpu

@@ -22,7 +22,7 @@ FASTSEG_INLINE void scatter_point(const LatticeView& lat, const float* values, i
                                   const RowOf& row_of, const First& first) {
   const int dp1 = lat.d + 1;
   const float* src = values + p * s;
-  if (p + kStreamAhead < lat.n_points) prefetch_stream_row(src + kStreamAhead * s, s);
+  prefetch_stream_ahead(values, s, p, lat.n_points);
   const float* in_scale = lat.in_scale;
   const float sc = in_scale != nullptr ? in_scale[p] : 1.f;
   for (int r = 0; r < dp1; ++r) {

@@ -224,7 +224,7 @@ FASTSEG_INLINE void update_range_w(const TermUpdate* terms, int n_terms, const f
     for (int64_t p = b; p < b_end; ++p) {
       // Each point gathers (d+1) rows per term: 8 points ahead measured 2-9% faster than 4.
       if (p + 8 < p_end) prefetch_point(terms, n_terms, s, p + 8);
-      if (p + kStreamAhead < p_end) prefetch_stream_row(unary + (p + kStreamAhead) * s, s);
+      prefetch_stream_ahead(unary, s, p, p_end);
       logits_point<W>(terms, n_terms, unary, s, q, p);
     }
     softmax_rows<W>(q + b * s, b_end - b, m, s);
