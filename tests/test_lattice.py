@@ -48,6 +48,31 @@ def test_random_features_match_reference(d, build_path):
     assert_same_lattice(lat, build_lattice_reference(feats))
 
 
+def packed_key_bits(lat):
+    """Bounds on the bits the sorting build packs a key into (a remainder modulo d+1 and d
+    quotients, lattice_sort_cpu.cpp), and the bits of the coordinates packed one field each,
+    which its neighbour search uses where they fit in 64 bits."""
+    d = lat.dim
+    quotients = torch.div(lat.keys.long(), d + 1, rounding_mode="floor")
+    spans = (quotients.max(0).values - quotients.min(0).values).tolist()
+    remainder_bits = int(d).bit_length()
+    compact_most = sum(int(s + 3).bit_length() for s in spans) + remainder_bits
+    coordinates_least = sum(int(s + 2).bit_length() + remainder_bits for s in spans)
+    return compact_most, coordinates_least
+
+
+@pytest.mark.parametrize("d,scale", [(7, 12.0), (8, 5.0)])
+def test_keys_that_pack_only_as_quotients_match_reference(d, scale, build_path):
+    # Keys that fit in 64 bits as remainder + quotients but not as coordinates: the sorting
+    # build takes them, and finds neighbours with a merge pointer per kind of key.
+    g = torch.Generator().manual_seed(d)
+    feats = torch.randn(3000, d, generator=g) * scale
+    lat = build_lattice(feats)
+    compact_most, coordinates_least = packed_key_bits(lat)
+    assert compact_most <= 64 < coordinates_least
+    assert_same_lattice(lat, build_lattice_reference(feats))
+
+
 def test_integer_features_with_ties_match_reference(build_path):
     # Integer positions with unit std put many points exactly on simplex boundaries.
     feats = torch.stack(torch.meshgrid(torch.arange(40.0), torch.arange(37.0), indexing="xy"),

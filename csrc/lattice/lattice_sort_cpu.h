@@ -1,12 +1,13 @@
 // Sorting-based pieces of the CPU lattice build (lattice_build_cpu.cpp).
 //
-// When a lattice's keys fit in 64 bits (each coordinate stored as an offset from its minimum,
-// in as many bits as its range needs), packed keys order vertices lexicographically, and the
-// "+" neighbour along direction j is the packed key plus a constant. Sorting packed keys then
-// replaces hashing on the CPU: a stable radix sort of every (point, vertex) entry groups the
-// entries of each vertex, in point order, with sequential memory traffic only, and one merge
-// of the sorted keys with themselves per direction finds every blur neighbour. Hashing's
-// random probes into a table much larger than the caches cost several times more.
+// When a lattice's keys fit in 64 bits (each coordinate stored as its remainder modulo d+1,
+// shared by all of a vertex's coordinates, and its quotient, as an offset from the smallest in
+// as many bits as their range needs), the "+" neighbour along direction j is the packed key plus
+// one of two constants. Sorting packed keys then replaces hashing on the CPU: a stable radix
+// sort of every (point, vertex) entry groups the entries of each vertex, in point order, with
+// sequential memory traffic only, and one merge of the sorted keys with themselves per
+// direction find every blur neighbour. Hashing's random probes into a table much larger than
+// the caches cost several times more.
 #pragma once
 
 #include <ATen/core/Tensor.h>
