@@ -147,6 +147,25 @@ def test_mean_field_reads_and_returns_label_major_layouts(chelsea):
     assert want.is_contiguous()
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 33, 1000])
+@pytest.mark.parametrize("m", [2, 5, 8, 9, 17, 24, 182])
+def test_label_major_matrices_round_trip_through_padded_rows(n, m):
+    # Label-major matrices enter and leave the padded rows through register transposes (8 x 8
+    # tiles, 16 points at a time, the rest one by one): with no iteration, q_init must come back
+    # bit for bit, and softmax(-unary) must not depend on the unary's layout.
+    g = torch.Generator().manual_seed(n * 1000 + m)
+    unary_lm = torch.randn(m, n, generator=g) * 4
+    q_lm = torch.rand(m, n, generator=g)
+    q = fastseg_ops.mean_field(unary_lm.T, [], [], [], [], 0, q_init=q_lm.T)
+    assert torch.equal(q, q_lm.T)
+    assert n == 1 or q.stride() == unary_lm.T.stride()  # (one point: any layout is both)
+    for iterations in (0, 1):
+        got = fastseg_ops.mean_field(unary_lm.T, [], [], [], [], iterations)
+        want = fastseg_ops.mean_field(unary_lm.T.contiguous(), [], [], [], [], iterations)
+        assert torch.equal(got, want)
+        torch.testing.assert_close(want, torch.softmax(-unary_lm.T, 1))
+
+
 def renumber_vertices(lat, order):
     """The same lattice with vertex order[i] renamed i (no longer numbered by first use)."""
     v = lat.n_vertices
