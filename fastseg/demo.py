@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable, List, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
 
-def best_time(fn: Callable, repeats: int) -> Tuple[float, object]:
-    """Best wall-clock time of ``repeats`` calls after one warm-up call, and the last result."""
-    out = fn()
-    best = float("inf")
+def best_times_interleaved(fns: Sequence[Callable], repeats: int) -> Tuple[List[float], list]:
+    """Each function's best wall-clock time over ``repeats`` rounds (after one warm-up call
+    each), and its last result. Every round calls each function once, in turn, so all of them
+    are timed across the same minutes: on a shared machine whose speed drifts, timing one
+    function's repeats and then the other's can hand either of them the slow minute."""
+    outs = [fn() for fn in fns]
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            outs[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best, outs
 
 
 def crf_rows(photo_name: str, n_labels: int, repeats: int) -> List[str]:
@@ -55,9 +59,8 @@ def crf_rows(photo_name: str, n_labels: int, repeats: int) -> List[str]:
         grid_terms.clear()
         return ours()
 
-    t_ref, q_ref = best_time(reference, repeats)
-    t_ours, q = best_time(ours, repeats)
-    t_new_size, _ = best_time(ours_new_size, repeats)
+    (t_ref, t_ours, t_new_size), (q_ref, q, _) = best_times_interleaved(
+        [reference, ours, ours_new_size], repeats)
     diff = float(np.abs(q - q_ref).max())
     agree = float((q.argmax(0) == q_ref.argmax(0)).mean())
     what = f"dense CRF, {photo_name} {w}x{h}, {n_labels} labels, 10 it."
@@ -79,7 +82,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="fastseg demo", description="fastseg against the reference path on bundled real "
         "photographs, printing the time of each and how closely their outputs agree.")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (best is shown)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed rounds, each implementation once per round (best is shown)")
     parser.add_argument("--labels", type=int, nargs="+", default=[21, 182],
                         help="label counts for the CRF comparison")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
