@@ -277,39 +277,9 @@ void softmax_neg(const float* unary, int64_t n, int64_t m, int64_t s, float* q) 
 
 namespace {
 
-// Copies an (n, m) matrix between two strided layouts, element (p, l) at p * sp + l * sl.
-// Points go in blocks: a label-major side is walked along its contiguous points while the
-// block's rows on the other side stay in cache. `zero_to` > m also zero-fills the destination
-// rows' lanes [m, zero_to) (padding, for row-major destinations). The general case, for
-// layouts the transposes below do not take.
-constexpr int64_t kCopyBlock = 64;
-
-void copy_matrix(const float* src, int64_t src_sp, int64_t src_sl, float* dst, int64_t dst_sp,
-                 int64_t dst_sl, int64_t n, int64_t m, int64_t zero_to) {
-  parallel_for_dynamic((n + kCopyBlock - 1) / kCopyBlock, 64, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t p0 = b * kCopyBlock, p1 = std::min(n, p0 + kCopyBlock);
-      for (int64_t p = p0; p < p1; ++p) {
-        for (int64_t l = m; l < zero_to; ++l) dst[p * dst_sp + l * dst_sl] = 0.f;
-      }
-      if (src_sl == 1 && dst_sl == 1) {
-        for (int64_t p = p0; p < p1; ++p) {
-          std::copy(src + p * src_sp, src + p * src_sp + m, dst + p * dst_sp);
-        }
-      } else {
-        for (int64_t l = 0; l < m; ++l) {
-          for (int64_t p = p0; p < p1; ++p) {
-            dst[p * dst_sp + l * dst_sl] = src[p * src_sp + l * src_sl];
-          }
-        }
-      }
-    }
-  });
-}
-
-// Label-major (points contiguous) <-> padded rows, 8 x 8 tiles transposed in registers: the
-// scalar copy above stores one float at a time into rows 96 bytes apart, and took ~2% of a
-// 21-label call (the unary in, Q out). Pure data movement: the same bits.
+// Label-major (points contiguous) <-> rows, 8 x 8 tiles transposed in registers: a scalar copy
+// stores one float at a time into rows 96 bytes apart, and took ~2% of a 21-label call (the
+// unary in, Q out). Pure data movement: the same bits.
 using F8 = Vec<8>::f;
 
 // r[i] (lane k = element (i, k)) becomes r[k] (lane i = element (i, k)): pairs of rows
@@ -333,70 +303,100 @@ FASTSEG_INLINE void transpose8(F8 r[8]) {
   }
 }
 
-// Blocks of 16 points: a 64-byte line of each label's points is used whole, and the block's
-// rows (16 x s floats) stay in L1.
+// Tiles of 16 points: a 64-byte line of each label's points is used whole.
 constexpr int64_t kTileBlock = 16;
 
-// Points [p_begin, p_end) of the label-major (m, n) matrix src (element (p, l) at
-// src[p + l * src_sl]) into rows of s floats (s a multiple of 8), lanes [m, s) zero.
-FASTSEG_CLONES void pad_label_major_range(const float* src, int64_t src_sl, int64_t m, int64_t s,
-                                          float* dst, int64_t p_begin, int64_t p_end) {
+// Points [p_begin, p_end) of a label-major matrix (element (p, l) at src[p + l * src_sl]) into
+// rows dst + p * dst_sp, lanes [0, lanes) (a multiple of 8), lanes [m, lanes) zero.
+FASTSEG_CLONES void label_major_to_rows(const float* src, int64_t src_sl, int64_t m, int64_t lanes,
+                                        float* dst, int64_t dst_sp, int64_t p_begin,
+                                        int64_t p_end) {
   int64_t p = p_begin;
   for (; p + kTileBlock <= p_end; p += kTileBlock) {
-    for (int64_t l0 = 0; l0 < s; l0 += 8) {
+    for (int64_t l0 = 0; l0 < lanes; l0 += 8) {
       for (int64_t h = p; h < p + kTileBlock; h += 8) {
         F8 r[8];
         for (int i = 0; i < 8; ++i) r[i] = l0 + i < m ? load<8>(src + (l0 + i) * src_sl + h) : F8{};
         transpose8(r);
-        for (int k = 0; k < 8; ++k) store<8>(dst + (h + k) * s + l0, r[k]);
+        for (int k = 0; k < 8; ++k) store<8>(dst + (h + k) * dst_sp + l0, r[k]);
       }
     }
   }
   for (; p < p_end; ++p) {
-    for (int64_t l = 0; l < s; ++l) dst[p * s + l] = l < m ? src[p + l * src_sl] : 0.f;
+    for (int64_t l = 0; l < lanes; ++l) dst[p * dst_sp + l] = l < m ? src[p + l * src_sl] : 0.f;
   }
 }
 
-// The reverse: rows of s floats (s a multiple of 8) into the label-major (m, n) matrix dst.
-FASTSEG_CLONES void unpad_label_major_range(const float* src, int64_t m, int64_t s, float* dst,
-                                            int64_t dst_sl, int64_t p_begin, int64_t p_end) {
+// The reverse: lanes [0, m) of rows src + p * src_sp, which hold m rounded up to 8 lanes, into
+// the label-major matrix dst (element (p, l) at dst[p + l * dst_sl]).
+FASTSEG_CLONES void rows_to_label_major(const float* src, int64_t src_sp, int64_t m, float* dst,
+                                        int64_t dst_sl, int64_t p_begin, int64_t p_end) {
   int64_t p = p_begin;
   for (; p + kTileBlock <= p_end; p += kTileBlock) {
     for (int64_t l0 = 0; l0 < m; l0 += 8) {
       for (int64_t h = p; h < p + kTileBlock; h += 8) {
         F8 r[8];
-        for (int k = 0; k < 8; ++k) r[k] = load<8>(src + (h + k) * s + l0);
+        for (int k = 0; k < 8; ++k) r[k] = load<8>(src + (h + k) * src_sp + l0);
         transpose8(r);
         for (int i = 0; i < 8 && l0 + i < m; ++i) store<8>(dst + (l0 + i) * dst_sl + h, r[i]);
       }
     }
   }
   for (; p < p_end; ++p) {
-    for (int64_t l = 0; l < m; ++l) dst[p + l * dst_sl] = src[p * s + l];
+    for (int64_t l = 0; l < m; ++l) dst[p + l * dst_sl] = src[p * src_sp + l];
   }
+}
+
+// Copies an (n, m) matrix between two strided layouts, element (p, l) at p * sp + l * sl.
+// Points go in blocks: a label-major side is walked along its contiguous points while the
+// block's rows on the other side stay in cache. `zero_to` > m also zero-fills the destination
+// rows' lanes [m, zero_to) (padding, for row-major destinations). Label-major <-> rows go
+// through the register transposes where the rows have whole 8-lane chunks to write or read.
+constexpr int64_t kCopyBlock = 64;
+
+void copy_matrix(const float* src, int64_t src_sp, int64_t src_sl, float* dst, int64_t dst_sp,
+                 int64_t dst_sl, int64_t n, int64_t m, int64_t zero_to) {
+  const bool into_rows = m > 1 && src_sp == 1 && dst_sl == 1 && zero_to % 8 == 0;
+  const bool from_rows =
+      m > 1 && src_sl == 1 && dst_sp == 1 && zero_to == m && src_sp >= (m + 7) / 8 * 8;
+  parallel_for_dynamic((n + kCopyBlock - 1) / kCopyBlock, 64, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t p0 = b * kCopyBlock, p1 = std::min(n, p0 + kCopyBlock);
+      if (into_rows) {
+        label_major_to_rows(src, src_sl, m, zero_to, dst, dst_sp, p0, p1);
+        continue;
+      }
+      if (from_rows) {
+        rows_to_label_major(src, src_sp, m, dst, dst_sl, p0, p1);
+        continue;
+      }
+      for (int64_t p = p0; p < p1; ++p) {
+        for (int64_t l = m; l < zero_to; ++l) dst[p * dst_sp + l * dst_sl] = 0.f;
+      }
+      if (src_sl == 1 && dst_sl == 1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          std::copy(src + p * src_sp, src + p * src_sp + m, dst + p * dst_sp);
+        }
+      } else {
+        for (int64_t l = 0; l < m; ++l) {
+          for (int64_t p = p0; p < p1; ++p) {
+            dst[p * dst_sp + l * dst_sl] = src[p * src_sp + l * src_sl];
+          }
+        }
+      }
+    }
+  });
 }
 
 }  // namespace
 
 void pad_rows(const float* src, int64_t stride_p, int64_t stride_l, int64_t n, int64_t m, int64_t s,
               float* dst) {
-  if (stride_p == 1 && s % 8 == 0 && m > 1) {
-    parallel_for_dynamic(n, kDynamicRows, [&](int64_t begin, int64_t end) {
-      pad_label_major_range(src, stride_l, m, s, dst, begin, end);
-    });
-    return;
-  }
   copy_matrix(src, stride_p, stride_l, dst, s, 1, n, m, s);
 }
 
 void unpad_rows(const float* src, int64_t n, int64_t m, int64_t s, float* dst, int64_t stride_p,
                 int64_t stride_l) {
-  if (stride_p == 1 && s % 8 == 0 && m > 1) {
-    parallel_for_dynamic(n, kDynamicRows, [&](int64_t begin, int64_t end) {
-      unpad_label_major_range(src, m, s, dst, stride_l, begin, end);
-    });
-    return;
-  }
   copy_matrix(src, s, 1, dst, stride_p, stride_l, n, m, m);
 }
 
