@@ -36,6 +36,12 @@ struct KeyPacking {
   int rem_shift = 0, rem_width = 0;      // the remainder's field
   uint64_t step_on[kMaxDim + 1] = {};    // packed "+" step along each direction, remainder >= 1
   uint64_t step_wrap[kMaxDim + 1] = {};  // the same from remainder 0
+  // The same keys packed linearly, coordinate i - (d+1) origin[i] (below (d+1) 2^width[i]) in
+  // a field of its own, where that fits in 64 bits: the coordinates' lexicographic order too,
+  // and a "+" step adds one constant, linear_step[j], whatever the remainder.
+  bool linear_fits = false;
+  int linear_shift[kMaxDim] = {};
+  uint64_t linear_step[kMaxDim + 1] = {};
 
   uint64_t rem_one() const { return uint64_t(1) << rem_shift; }
   uint64_t rem_mask() const { return ((uint64_t(1) << rem_width) - 1) << rem_shift; }
@@ -46,6 +52,14 @@ struct KeyPacking {
       key[i] =
           static_cast<int32_t>((static_cast<int64_t>(field) + origin[i]) * (d + 1) + remainder);
     }
+  }
+  // The linear key of a vertex's coordinates (unpacked keys), when linear_fits.
+  uint64_t linear(const int32_t* key) const {
+    uint64_t w = 0;
+    for (int i = 0; i < d; ++i) {
+      w += static_cast<uint64_t>(key[i] - origin[i] * (d + 1)) << linear_shift[i];
+    }
+    return w;
   }
 };
 
@@ -73,6 +87,7 @@ struct DivideByDp1 {
 };
 
 // Distinct packed vertex keys in increasing order, and the vertex each belongs to.
+// The keys are KeyPacking::linear where it fits, else packed.
 struct SortedVertices {
   std::vector<uint64_t> key;
   std::vector<int32_t> vertex;
@@ -145,6 +160,17 @@ bool plan_packing(const int64_t* lo, const int64_t* hi, int d, KeyPacking* out) 
     const uint64_t field_j = j < d ? uint64_t(1) << p.shift[j] : 0;
     p.step_on[j] = field_j - p.rem_one();
     p.step_wrap[j] = static_cast<uint64_t>(d) * p.rem_one() - (all_fields - field_j);
+  }
+  int linear_bits = 0;
+  for (int i = d - 1; i >= 0; --i) {
+    p.linear_shift[i] = linear_bits;
+    linear_bits += p.width[i] + p.rem_width;
+  }
+  p.linear_fits = linear_bits <= 64;
+  for (int j = 0; j <= d && p.linear_fits; ++j) {
+    for (int i = 0; i < d; ++i) {  // modulo 2^64, exact once added to a key whose neighbour packs
+      p.linear_step[j] += static_cast<uint64_t>(i == j ? d : -1) << p.linear_shift[i];
+    }
   }
   *out = p;
   return true;
@@ -225,50 +251,19 @@ inline void link_if_equal(const SortedVertices& sorted, int64_t nv, int64_t t, u
 //
 // The step is one constant for remainders 1..d and another for remainder 0 (KeyPacking): a
 // merge pointer for each kind of key would do, but two interleaved pointers took 25% longer
-// than one. So where it fits in 64 bits, the merge runs on the keys repacked linearly, each
-// coordinate as an offset in a field of its own (the order is the same: both are the
-// coordinates' lexicographic order), along which a step adds one constant.
+// than one. So where they fit in 64 bits, the sorted keys are packed linearly
+// (KeyPacking::linear), along which a step adds one constant.
 void find_neighbors_sorted(const SortedVertices& sorted, const KeyPacking& packing, int64_t nv,
                            int32_t* neighbors) {
   const int d = packing.d;
   const uint64_t* key = sorted.key.data();
-  // Linear fields: coordinate i - (d+1) origin[i] is below (d+1) 2^width[i].
-  int wide_shift[kMaxDim];
-  int wide_bits = 0;
-  for (int i = d - 1; i >= 0; --i) {
-    wide_shift[i] = wide_bits;
-    wide_bits += packing.width[i] + packing.rem_width;
-  }
-  std::vector<uint64_t> wide;
-  uint64_t wide_step[kMaxDim + 1] = {};
-  if (wide_bits <= 64) {
-    for (int j = 0; j <= d; ++j) {
-      for (int i = 0; i < d; ++i) {
-        wide_step[j] += static_cast<uint64_t>(i == j ? d : -1) << wide_shift[i];  // mod 2^64
-      }
-    }
-    wide.resize(nv);
-    parallel_for_dynamic(nv, 16384, [&](int64_t begin, int64_t end) {
-      const uint64_t rem_mask = packing.rem_mask();
-      for (int64_t t = begin; t < end; ++t) {
-        const uint64_t remainder = (key[t] & rem_mask) >> packing.rem_shift;
-        uint64_t w = 0;
-        for (int i = 0; i < d; ++i) {
-          const uint64_t field =
-              (key[t] >> packing.shift[i]) & ((uint64_t(2) << (packing.width[i] - 1)) - 1);
-          w += (field * (d + 1) + remainder) << wide_shift[i];
-        }
-        wide[t] = w;
-      }
-    });
-  }
   parallel_for_dynamic(d + 1, 1, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       int32_t* nb = neighbors + j * nv * 2;
-      if (!wide.empty()) {
+      if (packing.linear_fits) {
         int64_t at = 0;
         for (int64_t t = 0; t < nv; ++t) {
-          link_if_equal(sorted, nv, t, wide[t] + wide_step[j], wide.data(), &at, nb);
+          link_if_equal(sorted, nv, t, key[t] + packing.linear_step[j], key, &at, nb);
         }
         continue;
       }
@@ -419,10 +414,11 @@ bool build_by_sorting(const SimplexStore& store, int64_t n_points, const float* 
         if (i == 0 || key[i] != key[i - 1]) {
           v = vertex_of_entry[entry[i]];
           ++run;
-          sorted.key[run] = key[i];
+          int32_t* coordinates = keys_ptr + int64_t(v) * d;
+          packing.unpack(key[i], coordinates);
+          sorted.key[run] = packing.linear_fits ? packing.linear(coordinates) : key[i];
           sorted.vertex[run] = v;
           run_start[run] = i;
-          packing.unpack(key[i], keys_ptr + int64_t(v) * d);
         } else {
           vertex_of_entry[entry[i]] = v;
         }
